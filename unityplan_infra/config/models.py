@@ -1,0 +1,403 @@
+"""Stack config models: the user interface of the program.
+
+Every key under the `unityplan-infra:` namespace maps onto a field here (camelCase in the
+stack file, snake_case in Python). Models are frozen and forbid unknown keys, so a typo in
+a stack file is an error, not a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from unityplan_infra.config.errors import ConfigIssue
+
+# Hetzner Cloud locations (2026). None is in Denmark, Norway or Sweden: hel1 is the only
+# Nordic one, which is why it is the default and why pods can also use an `ssh` host.
+HETZNER_LOCATIONS = ("fsn1", "nbg1", "hel1", "ash", "hil", "sin")
+
+# Server types Hetzner sells in 2026. cx11/cx21 and the CX Gen2 / CPX Gen1 lines are
+# retired; keeping the list here makes a stale type fail at `pulumi preview`, not at create.
+HETZNER_SERVER_TYPES = (
+    "cx23", "cx33", "cx43", "cx53",
+    "cax11", "cax21", "cax31", "cax41",
+    "cpx12", "cpx22", "cpx32", "cpx42", "cpx52", "cpx62",
+    "ccx13", "ccx23", "ccx33", "ccx43", "ccx53", "ccx63",
+)  # fmt: skip
+
+TERRITORY_CODE = re.compile(r"^[a-z]{2,3}$")
+POD_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+IMAGE_REF = re.compile(r"^[a-z0-9./_-]+(:[0-9]+)?[a-z0-9./_-]*:[A-Za-z0-9._-]+$")
+
+
+class Model(BaseModel):
+    """Base for all config models: frozen, camelCase keys, unknown keys rejected."""
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True
+    )
+
+
+class HcloudHost(Model):
+    """A server the program creates in Hetzner Cloud."""
+
+    kind: Literal["hcloud"]
+    server_type: str = "cx23"
+    location: str = "hel1"
+    image: str = "docker-ce"  # Hetzner app image with Docker preinstalled
+
+    @field_validator("location")
+    @classmethod
+    def _known_location(cls, value: str) -> str:
+        if value not in HETZNER_LOCATIONS:
+            raise ConfigIssue(
+                "Hetzner has no such location (none in Denmark, Norway or Sweden)",
+                f"use one of {', '.join(HETZNER_LOCATIONS)} (hel1 is the only Nordic one), or"
+                " a host of kind 'ssh' for a server in Copenhagen, Oslo or Stockholm",
+            )
+        return value
+
+    @field_validator("server_type")
+    @classmethod
+    def _known_server_type(cls, value: str) -> str:
+        if value not in HETZNER_SERVER_TYPES:
+            raise ConfigIssue(
+                "unknown or retired Hetzner server type",
+                f"use one of {', '.join(HETZNER_SERVER_TYPES)}",
+            )
+        return value
+
+
+class SshHost(Model):
+    """An existing server (any provider) reached over SSH, running Debian or Ubuntu."""
+
+    kind: Literal["ssh"]
+    address: str
+    user: str = "root"
+    port: int = Field(default=22, ge=1, le=65535)
+
+    @field_validator("address")
+    @classmethod
+    def _ip_address(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError as error:
+            raise ConfigIssue(
+                "not an IP address",
+                "give the server's public IPv4 or IPv6 address (it is the WireGuard endpoint)",
+            ) from error
+        return value
+
+
+HostSpec = Annotated[HcloudHost | SshHost, Field(discriminator="kind")]
+
+
+class Pod(Model):
+    """One territory's pod."""
+
+    code: str
+    name: str
+    slot: int
+
+    host: HostSpec | None = None
+
+    @field_validator("code")
+    @classmethod
+    def _code(cls, value: str) -> str:
+        if not TERRITORY_CODE.fullmatch(value):
+            raise ConfigIssue(
+                "a territory code is 2-3 lowercase letters",
+                'use the ISO code in lowercase, like dk, "no", se (quote "no" in YAML)',
+            )
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not POD_NAME.fullmatch(value):
+            raise ConfigIssue(
+                "a pod name is lowercase letters, digits and '-'", "use a name like denmark"
+            )
+        return value
+
+    @field_validator("slot")
+    @classmethod
+    def _slot(cls, value: int) -> int:
+        # 10.0.<slot>.0/24 must be a valid subnet.
+        if not 1 <= value <= 254:
+            raise ConfigIssue(
+                "a slot is an integer from 1 to 254",
+                "give the pod the next free slot (slots of removed pods are never reused)",
+            )
+        return value
+
+
+class PodPorts(Model):
+    """Host-port bases of pod services; a pod publishes base + slot - 1."""
+
+    postgres: int = 5432
+    redis: int = 6379
+    nats_client: int = 4222
+    nats_cluster: int = 6222
+    nats_monitor: int = 8222
+    ipfs_api: int = 5001
+    ipfs_swarm: int = 4001
+    # The guide used 8081-8083, colliding with Redis Commander (8082) and Traefik (8083).
+    ipfs_gateway: int = 8180
+    matrix: int = 8008
+    matrix_federation: int = 8448
+    postgres_exporter: int = 9187
+    redis_exporter: int = 9121
+    nats_exporter: int = 7777
+
+
+class HostPorts(Model):
+    """Host ports of services that run once per host (exporters) or once per stack."""
+
+    node_exporter: int = 9100
+    cadvisor: int = 8089
+    prometheus: int = 9090
+    grafana: int = 3001
+    jaeger: int = 16686
+    traefik_http: int = 80
+    traefik_https: int = 443
+    traefik_dashboard: int = 8083
+    dashboard: int = 8888
+    adminer: int = 8080
+    mailhog: int = 8025
+    mailhog_smtp: int = 1025
+    redis_commander: int = 8082
+
+
+class Images(Model):
+    """Container images, each pinned to an exact tag (never `latest`)."""
+
+    postgres: str = "postgres:16.6-bookworm"
+    redis: str = "redis:7.4.1-alpine"
+    nats: str = "nats:2.10.24-alpine"
+    ipfs: str = "ipfs/kubo:v0.32.1"
+    matrix: str = "matrixdotorg/synapse:v1.121.1"
+    postgres_exporter: str = "quay.io/prometheuscommunity/postgres-exporter:v0.16.0"
+    redis_exporter: str = "oliver006/redis_exporter:v1.67.0-alpine"
+    nats_exporter: str = "natsio/prometheus-nats-exporter:0.16.0"
+    node_exporter: str = "quay.io/prometheus/node-exporter:v1.8.2"
+    cadvisor: str = "gcr.io/cadvisor/cadvisor:v0.49.2"
+    prometheus: str = "prom/prometheus:v2.55.1"
+    grafana: str = "grafana/grafana:11.4.0"
+    jaeger: str = "jaegertracing/all-in-one:1.64.0"
+    traefik: str = "traefik:v3.2.3"
+    dashboard: str = "nginx:1.27.3-alpine"
+    adminer: str = "adminer:4.8.1-standalone"
+    mailhog: str = "mailhog/mailhog:v1.0.1"
+    redis_commander: str = "ghcr.io/joeferner/redis-commander:0.9.0"
+    # Runs the program's own JetStream stream code (nats-py) beside the cluster.
+    stream_job: str = "python:3.12.8-slim-bookworm"
+
+    @field_validator("*")
+    @classmethod
+    def _pinned(cls, value: str) -> str:
+        if not IMAGE_REF.fullmatch(value) or value.endswith(":latest"):
+            raise ConfigIssue(
+                "an image must name an exact tag", "write it like 'redis:7.4.1-alpine'"
+            )
+        return value
+
+
+class NatsStreams(Model):
+    """JetStream streams: one GLOBAL_EVENTS for all pods, one TERRITORY_<CODE> per pod."""
+
+    global_replicas: int = Field(default=3, ge=1, le=5)
+    global_max_age_days: int = Field(default=7, ge=1)
+    territory_max_age_days: int = Field(default=30, ge=1)
+
+
+class Monitoring(Model):
+    """Prometheus, Grafana, Jaeger and Traefik."""
+
+    enabled: bool = True
+    # Multi-host: code of the pod whose host runs monitoring and dev tools (default: first).
+    host: str | None = None
+
+
+class DevTools(Model):
+    """Dashboard, Adminer, MailHog, Redis Commander."""
+
+    enabled: bool = True
+
+
+class Hetzner(Model):
+    """Hetzner Cloud settings of the multi-host layout."""
+
+    ssh_public_key: str
+    admin_cidrs: list[str]
+    backups: bool = False
+
+    @field_validator("ssh_public_key")
+    @classmethod
+    def _ssh_key(cls, value: str) -> str:
+        if not value.startswith(("ssh-ed25519 ", "ssh-rsa ", "ecdsa-sha2-")):
+            raise ConfigIssue(
+                "not an OpenSSH public key",
+                "paste the line of ~/.ssh/id_ed25519.pub ('ssh-ed25519 AAAA...')",
+            )
+        return value.strip()
+
+    @field_validator("admin_cidrs")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ConfigIssue(
+                "no admin network: nobody could reach SSH",
+                "list the networks you administer from, like ['198.51.100.7/32']",
+            )
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr, strict=True)
+            except ValueError as error:
+                raise ConfigIssue(
+                    f"{cidr!r} is not a network in CIDR notation",
+                    "write networks like '198.51.100.7/32' (host bits zero)",
+                ) from error
+        return value
+
+
+class Ssh(Model):
+    """How the program logs in to hosts over SSH (multi-host)."""
+
+    # Unset: use the SSH agent. Set: name of a secret config key holding the private key.
+    private_key_config_key: str | None = None
+
+
+class StackConfig(Model):
+    """Everything under `unityplan-infra:` in `Pulumi.<stack>.yaml`."""
+
+    layout: Literal["single-host", "multi-host"]
+    pods: list[Pod]
+    publish_address: str = "127.0.0.1"
+    docker_host: str = "unix:///var/run/docker.sock"
+    config_dir: str | None = None
+    matrix_domain: str = "unityplan.local"
+    pod_ports: PodPorts = PodPorts()
+    host_ports: HostPorts = HostPorts()
+    images: Images = Images()
+    streams: NatsStreams = NatsStreams()
+    monitoring: Monitoring = Monitoring()
+    dev_tools: DevTools = DevTools()
+    hetzner: Hetzner | None = None
+    ssh: Ssh = Ssh()
+
+    @field_validator("pods")
+    @classmethod
+    def _pods_not_empty(cls, value: list[Pod]) -> list[Pod]:
+        if not value:
+            raise ConfigIssue("no pods", "list at least one pod: {code: dk, name: denmark, slot: 1}")
+        return value
+
+    @field_validator("publish_address")
+    @classmethod
+    def _publish_address(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError as error:
+            raise ConfigIssue(
+                "not an IP address",
+                "use 127.0.0.1 (default: this machine only) or one interface's address",
+            ) from error
+        return value
+
+    @field_validator("config_dir")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
+            raise ConfigIssue("not an absolute path", "give a path starting with /")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StackConfig:
+        for field in ("code", "slot", "name"):
+            _unique(self.pods, field)
+        if self.streams.global_replicas > len(self.pods):
+            raise ConfigIssue(
+                f"GLOBAL_EVENTS cannot have more replicas than there are pods ({len(self.pods)})",
+                "lower streams.globalReplicas or add pods",
+                key="streams.globalReplicas",
+                value=self.streams.global_replicas,
+            )
+        codes = [pod.code for pod in self.pods]
+        if self.monitoring.host is not None and self.monitoring.host not in codes:
+            raise ConfigIssue(
+                "monitoring.host must be the code of a pod",
+                f"use one of {', '.join(codes)}",
+                key="monitoring.host",
+                value=self.monitoring.host,
+            )
+        if self.layout == "multi-host":
+            self._check_multi_host()
+        else:
+            for index, pod in enumerate(self.pods):
+                if pod.host is not None:
+                    raise ConfigIssue(
+                        "layout single-host puts every pod on the local Docker engine",
+                        "remove `host` from the pod or set layout to multi-host",
+                        key=f"pods[{index}].host",
+                        value=pod.host.kind,
+                    )
+        return self
+
+    def _check_multi_host(self) -> None:
+        for index, pod in enumerate(self.pods):
+            if pod.host is None:
+                raise ConfigIssue(
+                    "layout multi-host needs a host for every pod",
+                    "add `host: {kind: hcloud}` or `host: {kind: ssh, address: <public IP>}`",
+                    key=f"pods[{index}].host",
+                    value=None,
+                )
+        if self.hetzner is None and any(isinstance(pod.host, HcloudHost) for pod in self.pods):
+            raise ConfigIssue(
+                "pods on hcloud hosts need Hetzner settings",
+                "set hetzner: {sshPublicKey: 'ssh-ed25519 ...', adminCidrs: ['<your IP>/32']}",
+                key="hetzner",
+                value=None,
+            )
+        seen: dict[str, int] = {}
+        for index, pod in enumerate(self.pods):
+            if isinstance(pod.host, SshHost):
+                if pod.host.address in seen:
+                    raise ConfigIssue(
+                        f"the same server as pods[{seen[pod.host.address]}]; the multi-host"
+                        " layout runs one pod per host",
+                        "give each pod its own server",
+                        key=f"pods[{index}].host.address",
+                        value=pod.host.address,
+                    )
+                seen[pod.host.address] = index
+
+    @property
+    def monitoring_pod(self) -> Pod:
+        """The pod whose host runs monitoring and dev tools."""
+        code = self.monitoring.host or self.pods[0].code
+        return next(pod for pod in self.pods if pod.code == code)
+
+
+def _unique(pods: list[Pod], field: str) -> None:
+    first_index: dict[object, int] = {}
+    for index, pod in enumerate(pods):
+        value = getattr(pod, field)
+        if value in first_index:
+            fix = (
+                "give the new pod the next free slot (slots are never reused)"
+                if field == "slot"
+                else f"every pod needs its own {field}"
+            )
+            raise ConfigIssue(
+                f"already used by pods[{first_index[value]}]",
+                fix,
+                key=f"pods[{index}].{field}",
+                value=value,
+            )
+        first_index[value] = index

@@ -1,0 +1,124 @@
+"""Create or update JetStream streams idempotently, over the JetStream JSON API.
+
+Self-contained on purpose (standard library and nats-py only): `pulumi up` runs this very
+file inside a throwaway container next to the cluster (see components/streams.py), and the
+tests run it against real nats-server processes. Usage as a script:
+
+    NATS_URL=nats://host:4222 NATS_USER=... NATS_PASSWORD=... STREAMS_JSON='[...]' \
+        python apply_streams.py
+
+It prints one JSON line per stream: {"stream": ..., "action": created|updated|unchanged}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import nats
+from nats.aio.client import Client
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+
+API = "$JS.API"
+STREAM_NOT_FOUND = 10059
+# Fields the program manages; the server adds defaults for the rest.
+MANAGED_FIELDS = (
+    "subjects", "storage", "retention", "num_replicas", "max_age", "max_msgs", "max_bytes",
+    "discard", "placement",
+)  # fmt: skip
+
+
+class StreamError(RuntimeError):
+    """The server refused a stream definition for good (not a transient state)."""
+
+
+async def _api(nc: Client, subject: str, payload: dict[str, Any] | None) -> dict[str, Any]:
+    data = json.dumps(payload).encode() if payload is not None else b""
+    reply = await nc.request(f"{API}.{subject}", data, timeout=5)
+    result: dict[str, Any] = json.loads(reply.data)
+    return result
+
+
+def _differs(current: dict[str, Any], desired: dict[str, Any]) -> bool:
+    return any(current.get(key) != desired.get(key) for key in MANAGED_FIELDS if key in desired)
+
+
+async def ensure_stream(nc: Client, desired: dict[str, Any]) -> str:
+    """Make one stream match `desired`; return what was done."""
+    name = desired["name"]
+    info = await _api(nc, f"STREAM.INFO.{name}", None)
+    error = info.get("error")
+    if error and error.get("err_code") == STREAM_NOT_FOUND:
+        action, subject = "created", f"STREAM.CREATE.{name}"
+    elif error:
+        raise _transient_or_fatal(name, error)
+    elif _differs(info["config"], desired):
+        action, subject = "updated", f"STREAM.UPDATE.{name}"
+    else:
+        return "unchanged"
+    result = await _api(nc, subject, desired)
+    if "error" in result:
+        raise _transient_or_fatal(name, result["error"])
+    return action
+
+
+class _Transient(RuntimeError):
+    pass
+
+
+def _transient_or_fatal(name: str, error: dict[str, Any]) -> Exception:
+    # 503: JetStream not ready (meta leader election); 500 "insufficient resources" / "no
+    # suitable peers": not enough servers up yet for the replicas. Both pass with time.
+    text = f"stream {name}: {error.get('description')} (code {error.get('code')})"
+    if error.get("code") in (500, 503):
+        return _Transient(text)
+    return StreamError(text)
+
+
+async def ensure_streams(
+    nc: Client, streams: list[dict[str, Any]], deadline_seconds: float = 120.0
+) -> dict[str, str]:
+    """Ensure every stream, retrying transient cluster states until the deadline."""
+    deadline = time.monotonic() + deadline_seconds
+    done: dict[str, str] = {}
+    for desired in streams:
+        while True:
+            try:
+                done[desired["name"]] = await ensure_stream(nc, desired)
+                break
+            except (_Transient, NoRespondersError, NatsTimeoutError) as error:
+                if time.monotonic() > deadline:
+                    raise StreamError(f"gave up after {deadline_seconds}s: {error}") from error
+                await asyncio.sleep(1.0)
+    return done
+
+
+async def apply(url: str, user: str, password: str, streams: list[dict[str, Any]]) -> dict[str, str]:
+    """Connect, ensure the streams, disconnect."""
+    nc = await nats.connect(
+        servers=[url], user=user, password=password, connect_timeout=5,
+        max_reconnect_attempts=30, reconnect_time_wait=1,
+    )  # fmt: skip
+    try:
+        return await ensure_streams(nc, streams)
+    finally:
+        await nc.close()
+
+
+def main() -> int:
+    streams = json.loads(os.environ["STREAMS_JSON"])
+    result = asyncio.run(
+        apply(os.environ["NATS_URL"], os.environ["NATS_USER"], os.environ["NATS_PASSWORD"], streams)
+    )
+    for name, action in result.items():
+        print(json.dumps({"stream": name, "action": action}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
