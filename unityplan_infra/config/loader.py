@@ -18,6 +18,8 @@ from unityplan_infra.config.models import StackConfig
 from unityplan_infra.topology.plan import Deployment, plan_deployment
 
 _HOST_KINDS = {"hcloud", "ssh"}
+# Secret settings read by the program directly (never part of the validated model).
+SECRET_KEYS = {"sshPrivateKey"}
 
 
 def namespace_values(all_config: Mapping[str, Any]) -> dict[str, Any]:
@@ -27,7 +29,9 @@ def namespace_values(all_config: Mapping[str, Any]) -> dict[str, Any]:
     for full_key, raw in all_config.items():
         if not full_key.startswith(prefix):
             continue  # provider settings such as hcloud:token are not ours
-        values[full_key[len(prefix) :]] = _decode(raw)
+        key = full_key[len(prefix) :]
+        if key not in SECRET_KEYS:
+            values[key] = _decode(raw)
     return values
 
 
@@ -91,9 +95,7 @@ def _known_keys(loc: tuple[int | str, ...]) -> list[str]:
     for part in loc:
         if isinstance(part, int) or part in _HOST_KINDS:
             continue
-        field = next(
-            (f for name, f in model.model_fields.items() if part in (name, f.alias)), None
-        )
+        field = next((f for name, f in model.model_fields.items() if part in (name, f.alias)), None)
         if field is None:
             return []
         inner = _model_of(field.annotation)

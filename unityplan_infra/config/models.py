@@ -265,13 +265,6 @@ class Hetzner(Model):
         return value
 
 
-class Ssh(Model):
-    """How the program logs in to hosts over SSH (multi-host)."""
-
-    # Unset: use the SSH agent. Set: name of a secret config key holding the private key.
-    private_key_config_key: str | None = None
-
-
 class StackConfig(Model):
     """Everything under `unityplan-infra:` in `Pulumi.<stack>.yaml`."""
 
@@ -281,6 +274,10 @@ class StackConfig(Model):
     docker_host: str = "unix:///var/run/docker.sock"
     config_dir: str | None = None
     matrix_domain: str = "unityplan.local"
+    # Traefik routes <service>.<webDomain> (grafana.localhost, ...).
+    web_domain: str = "localhost"
+    # Subnet of unityplan-mesh-network (single-host); Synapse federates within it only.
+    mesh_subnet: str = "172.31.240.0/20"
     pod_ports: PodPorts = PodPorts()
     host_ports: HostPorts = HostPorts()
     images: Images = Images()
@@ -288,13 +285,14 @@ class StackConfig(Model):
     monitoring: Monitoring = Monitoring()
     dev_tools: DevTools = DevTools()
     hetzner: Hetzner | None = None
-    ssh: Ssh = Ssh()
 
     @field_validator("pods")
     @classmethod
     def _pods_not_empty(cls, value: list[Pod]) -> list[Pod]:
         if not value:
-            raise ConfigIssue("no pods", "list at least one pod: {code: dk, name: denmark, slot: 1}")
+            raise ConfigIssue(
+                "no pods", "list at least one pod: {code: dk, name: denmark, slot: 1}"
+            )
         return value
 
     @field_validator("publish_address")
@@ -306,6 +304,18 @@ class StackConfig(Model):
             raise ConfigIssue(
                 "not an IP address",
                 "use 127.0.0.1 (default: this machine only) or one interface's address",
+            ) from error
+        return value
+
+    @field_validator("mesh_subnet")
+    @classmethod
+    def _subnet(cls, value: str) -> str:
+        try:
+            ipaddress.IPv4Network(value, strict=True)
+        except ValueError as error:
+            raise ConfigIssue(
+                "not an IPv4 network in CIDR notation",
+                "give a free private subnet like 172.31.240.0/20",
             ) from error
         return value
 

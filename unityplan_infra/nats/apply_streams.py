@@ -6,6 +6,7 @@ tests run it against real nats-server processes. Usage as a script:
 
     NATS_URL=nats://host:4222 NATS_USER=... NATS_PASSWORD=... STREAMS_JSON='[...]' \
         python apply_streams.py
+    python apply_streams.py < spec.json   # {"url", "user", "password", "streams"}
 
 It prints one JSON line per stream: {"stream": ..., "action": created|updated|unchanged}.
 """
@@ -98,7 +99,9 @@ async def ensure_streams(
     return done
 
 
-async def apply(url: str, user: str, password: str, streams: list[dict[str, Any]]) -> dict[str, str]:
+async def apply(
+    url: str, user: str, password: str, streams: list[dict[str, Any]]
+) -> dict[str, str]:
     """Connect, ensure the streams, disconnect."""
     nc = await nats.connect(
         servers=[url], user=user, password=password, connect_timeout=5,
@@ -111,10 +114,19 @@ async def apply(url: str, user: str, password: str, streams: list[dict[str, Any]
 
 
 def main() -> int:
-    streams = json.loads(os.environ["STREAMS_JSON"])
-    result = asyncio.run(
-        apply(os.environ["NATS_URL"], os.environ["NATS_USER"], os.environ["NATS_PASSWORD"], streams)
-    )
+    """Job spec from the environment, or (deploy time) as one JSON document on stdin:
+    {"url": ..., "user": ..., "password": ..., "streams": [...]}, so the password never
+    appears in a process list or container config."""
+    if "STREAMS_JSON" in os.environ:
+        spec = {
+            "url": os.environ["NATS_URL"],
+            "user": os.environ["NATS_USER"],
+            "password": os.environ["NATS_PASSWORD"],
+            "streams": json.loads(os.environ["STREAMS_JSON"]),
+        }
+    else:
+        spec = json.load(sys.stdin)
+    result = asyncio.run(apply(spec["url"], spec["user"], spec["password"], spec["streams"]))
     for name, action in result.items():
         print(json.dumps({"stream": name, "action": action}))
     return 0

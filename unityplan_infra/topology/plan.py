@@ -159,6 +159,25 @@ class PodPlan:
         host, port = self.reach(self.exporter(kind), f"{kind}_exporter", container_port)
         return f"{host}:{port}"
 
+    # --- what a user connects to ------------------------------------------------------
+    @property
+    def user_address(self) -> str:
+        return _reachable(self.bind_address)
+
+    def endpoints(self) -> dict[str, str]:
+        """URLs of the pod's services as published on its host."""
+        address = self.user_address
+        port = self.host_port
+        return {
+            "postgres": f"postgresql://{address}:{port('postgres')}/{self.database}",
+            "redis": f"redis://{address}:{port('redis')}",
+            "nats": f"nats://{address}:{port('nats_client')}",
+            "natsMonitor": f"http://{address}:{port('nats_monitor')}",
+            "ipfsApi": f"http://{address}:{port('ipfs_api')}",
+            "ipfsGateway": f"http://{address}:{port('ipfs_gateway')}",
+            "matrix": f"http://{address}:{port('matrix')}",
+        }
+
     # --- published ports -------------------------------------------------------------
     def bindings(self) -> list[PortBinding]:
         def bind(container: str, setting: str, port: int, proto: Protocol = "tcp") -> PortBinding:
@@ -266,6 +285,29 @@ class HostPlan:
     def ports_of(self, container: str) -> list[PortBinding]:
         return [binding for binding in self.bindings() if binding.container == container]
 
+    def endpoints(self) -> dict[str, str]:
+        """URLs of the monitoring stack and dev tools, where this host runs them."""
+        if not self.runs_monitoring:
+            return {}
+        address = _reachable(self.internal_address)
+        ports = self.config.host_ports
+        urls: dict[str, str] = {}
+        if self.config.monitoring.enabled:
+            urls |= {
+                "grafana": f"http://{address}:{ports.grafana}",
+                "prometheus": f"http://{address}:{ports.prometheus}",
+                "jaeger": f"http://{address}:{ports.jaeger}",
+                "traefik": f"http://{address}:{ports.traefik_dashboard}/dashboard/",
+            }
+        if self.config.dev_tools.enabled:
+            urls |= {
+                "dashboard": f"http://{address}:{ports.dashboard}",
+                "adminer": f"http://{address}:{ports.adminer}",
+                "mailhog": f"http://{address}:{ports.mailhog}",
+                "redisCommander": f"http://{address}:{ports.redis_commander}",
+            }
+        return urls
+
     def public_ports(self) -> list[int]:
         """Ports the host opens to the internet: only Traefik's web entry points."""
         if not (self.runs_monitoring and self.config.monitoring.enabled):
@@ -283,6 +325,10 @@ class Deployment:
     @cached_property
     def pods(self) -> tuple[PodPlan, ...]:
         return tuple(pod for host in self.hosts for pod in host.pods)
+
+    @cached_property
+    def hosts_by_name(self) -> dict[str, HostPlan]:
+        return {host.name: host for host in self.hosts}
 
     @property
     def monitoring_host(self) -> HostPlan:
@@ -328,8 +374,7 @@ def _check_ports(host: HostPlan) -> None:
                 Problem(
                     binding.setting,
                     binding.host_port,
-                    f"{binding.container} would publish port {binding.host_port}, outside"
-                    " 1-65535",
+                    f"{binding.container} would publish port {binding.host_port}, outside 1-65535",
                     "lower the base port",
                 )
             )
@@ -348,6 +393,11 @@ def _check_ports(host: HostPlan) -> None:
             owners[slot] = binding
     if problems:
         raise ConfigError(problems)
+
+
+def _reachable(bind_address: str) -> str:
+    """An address to connect to: 0.0.0.0 / :: mean "every interface", so use loopback."""
+    return {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(bind_address, bind_address)
 
 
 def _camel(snake: str) -> str:

@@ -1,0 +1,113 @@
+"""Run `__main__.py` under Pulumi mocks and capture the resource graph.
+
+Provider-computed outputs get deterministic fake values (random results derived from the
+resource name), so derived keys are stable across runs and differ between resources.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import runpy
+from dataclasses import dataclass, field
+from typing import Any
+
+import pulumi
+from pulumi.runtime import config as runtime_config
+
+from tests.support.stackfile import ROOT
+
+MAIN = ROOT / "__main__.py"
+
+
+def _digest(name: str) -> bytes:
+    return hashlib.sha256(name.encode()).digest()
+
+
+@dataclass
+class Resource:
+    type: str
+    name: str
+    inputs: dict[str, Any]
+    outputs: dict[str, Any]
+    provider: str | None
+
+
+@dataclass
+class Graph:
+    """What one program run registered."""
+
+    resources: list[Resource] = field(default_factory=list)
+    exports: dict[str, Any] = field(default_factory=dict)
+
+    def of_type(self, type_token: str) -> list[Resource]:
+        return [r for r in self.resources if r.type == type_token]
+
+    def named(self, name: str) -> Resource:
+        (found,) = [r for r in self.resources if r.name == name]
+        return found
+
+    def containers(self) -> dict[str, Resource]:
+        return {r.inputs["name"]: r for r in self.of_type("docker:index/container:Container")}
+
+
+class GraphMocks(pulumi.runtime.Mocks):
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+        self.server_count = 0
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
+        outputs = dict(args.inputs)
+        seed = _digest(args.name)
+        if args.typ == "random:index/randomPassword:RandomPassword":
+            outputs["result"] = (
+                base64.b32encode(seed).decode().rstrip("=")[: int(args.inputs["length"])]
+            )
+        elif args.typ == "random:index/randomBytes:RandomBytes":
+            raw = (seed * 4)[: int(args.inputs["length"])]
+            outputs |= {"base64": base64.b64encode(raw).decode(), "hex": raw.hex()}
+        elif args.typ == "tls:index/privateKey:PrivateKey":
+            outputs["privateKeyPem"] = f"-----BEGIN PRIVATE KEY-----\n{seed.hex()}\n"
+        elif args.typ == "tls:index/selfSignedCert:SelfSignedCert":
+            outputs["certPem"] = f"-----BEGIN CERTIFICATE-----\n{seed.hex()}\n"
+        elif args.typ == "hcloud:index/server:Server":
+            self.server_count += 1
+            outputs["ipv4Address"] = f"203.0.113.{10 + self.server_count}"
+        elif args.typ.startswith("command:"):
+            outputs["stdout"] = "12D3KooW" + base64.b32encode(seed).decode()[:44]
+        elif args.typ == "docker:index/remoteImage:RemoteImage":
+            outputs["imageId"] = f"sha256:{seed.hex()}"
+        resource = Resource(args.typ, args.name, dict(args.inputs), outputs, args.provider)
+        self.graph.resources.append(resource)
+        return f"{args.name}-id", outputs
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[Any]]:
+        return {}, []
+
+
+def run_program(config: dict[str, str], stack: str = "dev") -> Graph:
+    """Run the program with `config` (already encoded as Pulumi passes it)."""
+    graph = Graph()
+    pulumi.runtime.set_mocks(
+        GraphMocks(graph), project="unityplan-infra", stack=stack, preview=False
+    )
+    runtime_config.set_all_config(config)
+    captured: dict[str, Any] = {}
+
+    @pulumi.runtime.test
+    def program() -> None:
+        original = pulumi.export
+
+        def export(name: str, value: Any) -> None:
+            captured[name] = value
+            original(name, value)
+
+        pulumi.export = export  # type: ignore[assignment]
+        try:
+            runpy.run_path(str(MAIN), run_name="__main__")
+        finally:
+            pulumi.export = original  # type: ignore[assignment]
+
+    program()
+    graph.exports = captured
+    return graph

@@ -1,0 +1,97 @@
+"""`DevTools`: the dashboard, Adminer, MailHog and Redis Commander on the monitoring host.
+
+Redis Commander is configured with every pod's Redis by the program (the guide's manual
+step 7). Its list comes from the environment, so adding a pod replaces this stateless dev
+tool; no pod container is touched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pulumi
+
+from unityplan_infra.components.host import Attachment, HostAccess, container
+from unityplan_infra.components.pod import PodStack
+from unityplan_infra.render.dashboard import render_dashboard
+from unityplan_infra.topology.plan import Deployment
+
+
+def redis_hosts(deployment: Deployment, passwords: Mapping[str, str]) -> str:
+    """REDIS_HOSTS of Redis Commander: label:host:port:db:password, comma-separated."""
+    entries = []
+    for pod in deployment.pods:
+        host, port = pod.reach(pod.service("redis"), "redis", 6379)
+        entries.append(f"{pod.code}:{host}:{port}:0:{passwords[pod.code]}")
+    return ",".join(entries)
+
+
+class DevTools(pulumi.ComponentResource):
+    """Developer conveniences; never needed by the pods themselves."""
+
+    urls: dict[str, str]
+
+    def __init__(
+        self,
+        deployment: Deployment,
+        *,
+        host: HostAccess,
+        pods: Mapping[str, PodStack],
+        global_network: pulumi.Input[str],
+        mesh_network: pulumi.Input[str] | None,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__("unityplan:infra:DevTools", "dev-tools", None, opts)
+        images = deployment.config.images
+        plan = host.plan
+        self.urls = {k: v for k, v in plan.endpoints().items()
+                     if k in ("dashboard", "adminer", "mailhog", "redisCommander")}  # fmt: skip
+        networks = [Attachment(global_network)]
+        if mesh_network is not None:
+            networks.append(Attachment(mesh_network))
+
+        page = host.config_file(
+            "dev-dashboard-page", "dev/dashboard/index.html", render_dashboard(deployment),
+            parent=self,
+        )  # fmt: skip
+        container(
+            "dev-dashboard",
+            host=host,
+            image=images.dashboard,
+            parent=self,
+            bindings=plan.ports_of("dev-dashboard"),
+            networks=networks,
+            healthcheck="wget -q -O /dev/null http://127.0.0.1:80/",
+            binds=[(host.path("dev/dashboard"), "/usr/share/nginx/html")],
+            depends_on=[page],
+        )
+        container(
+            "dev-adminer",
+            host=host,
+            image=images.adminer,
+            parent=self,
+            bindings=plan.ports_of("dev-adminer"),
+            networks=networks,
+            envs=[f"ADMINER_DEFAULT_SERVER={deployment.pods[0].service('postgres')}"],
+        )
+        container(
+            "dev-mailhog",
+            host=host,
+            image=images.mailhog,
+            parent=self,
+            bindings=plan.ports_of("dev-mailhog"),
+            networks=networks,
+        )
+        passwords = pulumi.Output.all(**{code: pod.redis_password for code, pod in pods.items()})
+        container(
+            "dev-redis-commander",
+            host=host,
+            image=images.redis_commander,
+            parent=self,
+            bindings=plan.ports_of("dev-redis-commander"),
+            networks=networks,
+            envs=pulumi.Output.secret(
+                passwords.apply(lambda pw: [f"REDIS_HOSTS={redis_hosts(deployment, pw)}"])
+            ),
+        )
+        self.register_outputs({"urls": self.urls})

@@ -1,0 +1,345 @@
+"""`DockerHost`: one Docker engine, how the program reaches it, and its per-host exporters.
+
+Every host, local (single-host) or remote (multi-host), is driven the same way: a
+`docker.Provider` for containers, and shell commands (local or over SSH) for the files that
+containers read from bind-mounted directories. Files that change when peers change are
+rewritten in place and the service is told to reload, so its container is never replaced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import pulumi
+import pulumi_command as command
+import pulumi_docker as docker
+
+from unityplan_infra.topology.plan import HostPlan, PortBinding
+
+HEALTH_INTERVAL = "10s"
+
+
+def sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def if_running(container: str, action: str) -> str:
+    """Shell: run `action` only when `container` is running (first deploy: not yet)."""
+    state = f"docker inspect --format '{{{{.State.Running}}}}' {shlex.quote(container)}"
+    return f'if [ "$({state} 2>/dev/null)" = true ]; then {action}; fi'
+
+
+def signal_reload(container: str, signal: str = "HUP") -> str:
+    return if_running(
+        container, f"docker kill --signal {signal} {shlex.quote(container)} >/dev/null"
+    )
+
+
+def restart(container: str) -> str:
+    return if_running(container, f"docker restart {shlex.quote(container)} >/dev/null")
+
+
+def write_file_script(root: str, path: str, reload: str | None) -> str:
+    """Shell: write stdin to `path` atomically (temp file + rename), then reload.
+
+    The root stays 0700 (secrets inside); leaf directories are 0755 and files 0644 because
+    containers run as various users and only see the leaf directory they mount.
+    """
+    directory = posixpath.dirname(path)
+    lines = [
+        "set -eu",
+        f"install -d -m 0700 {shlex.quote(root)}",
+        f"install -d -m 0755 {shlex.quote(directory)}",
+        f"tmp=$(mktemp {shlex.quote(directory)}/.tmp.XXXXXX)",
+        'cat > "$tmp"',
+        'chmod 0644 "$tmp"',
+        f'mv -f "$tmp" {shlex.quote(path)}',
+    ]
+    if reload:
+        lines.append(reload)
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class RemoteHost:
+    """A server of the multi-host layout, as far as SSH is concerned."""
+
+    name: str
+    public_address: pulumi.Output[str]
+    user: str
+    connection: command.remote.ConnectionArgs
+    ready: Sequence[pulumi.Resource]
+    """Resources that must finish before anything else touches the host (cloud-init)."""
+
+
+@dataclass
+class HostAccess:
+    """What components need to deploy onto one host."""
+
+    plan: HostPlan
+    docker_provider: docker.Provider
+    config_root: str
+    docker_host: str
+    connection: command.remote.ConnectionArgs | None = None  # None: this machine
+    ready: Sequence[pulumi.Resource] = ()
+    images: dict[str, docker.RemoteImage] = field(default_factory=dict)
+    image_parent: pulumi.Resource | None = None
+
+    def path(self, *parts: str) -> str:
+        return posixpath.join(self.config_root, *parts)
+
+    def run(
+        self,
+        name: str,
+        *,
+        create: pulumi.Input[str],
+        parent: pulumi.Resource,
+        stdin: pulumi.Input[str] | None = None,
+        triggers: Sequence[pulumi.Input[str]] | None = None,
+        depends_on: Sequence[pulumi.Resource] = (),
+    ) -> pulumi.CustomResource:
+        """A shell command on this host; runs again whenever `triggers` change."""
+        opts = pulumi.ResourceOptions(parent=parent, depends_on=[*self.ready, *depends_on])
+        if self.connection is None:
+            return command.local.Command(
+                name,
+                create=create,
+                stdin=stdin,
+                triggers=list(triggers or []),
+                environment={"DOCKER_HOST": self.docker_host},
+                logging="stdoutAndStderr",
+                opts=opts,
+            )
+        return command.remote.Command(
+            name,
+            connection=self.connection,
+            create=create,
+            stdin=stdin,
+            triggers=list(triggers or []),
+            logging="stdoutAndStderr",
+            opts=opts,
+        )
+
+    def config_file(
+        self,
+        name: str,
+        relative_path: str,
+        content: pulumi.Input[str],
+        *,
+        parent: pulumi.Resource,
+        reload: str | None = None,
+        depends_on: Sequence[pulumi.Resource] = (),
+    ) -> pulumi.CustomResource:
+        """Write a file under the config root; rewrite it (and reload) when it changes.
+
+        The content travels on stdin, so secrets never appear on a command line or in logs.
+        """
+        path = self.path(relative_path)
+        digest = pulumi.Output.from_input(content).apply(sha256)
+        return self.run(
+            name,
+            create=write_file_script(self.config_root, path, reload),
+            stdin=content,
+            triggers=[digest],
+            parent=parent,
+            depends_on=depends_on,
+        )
+
+    def image(self, reference: str) -> docker.RemoteImage:
+        """The pulled image `reference` on this host (one resource per host and image)."""
+        if reference not in self.images:
+            self.images[reference] = docker.RemoteImage(
+                f"{self.plan.name}-image-{reference.replace('/', '-').replace(':', '-')}",
+                name=reference,
+                keep_locally=True,  # destroy leaves the image: other stacks may use it
+                opts=pulumi.ResourceOptions(
+                    parent=self.image_parent,
+                    provider=self.docker_provider,
+                    depends_on=list(self.ready),
+                ),
+            )
+        return self.images[reference]
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """A container's place on a Docker network."""
+
+    network: pulumi.Input[str]
+    aliases: Sequence[str] = ()
+
+
+def container(
+    name: str,
+    *,
+    host: HostAccess,
+    image: str,
+    parent: pulumi.Resource,
+    bindings: Sequence[PortBinding] = (),
+    bind_address: str | None = None,
+    networks: Sequence[Attachment] = (),
+    envs: pulumi.Input[Sequence[pulumi.Input[str]]] | None = None,
+    command_args: Sequence[str] | None = None,
+    healthcheck: str | None = None,
+    volumes: Sequence[tuple[docker.Volume, str]] = (),
+    binds: Sequence[tuple[str, str]] = (),
+    depends_on: Sequence[pulumi.Resource] = (),
+    public_container_ports: Sequence[int] = (),
+    **extra: object,
+) -> docker.Container:
+    """A long-running, named container with the program's standard settings.
+
+    Named containers are deleted before their replacement is created (a fixed name cannot
+    exist twice); with a healthcheck, `pulumi up` waits until the service is healthy. Ports
+    bind to the host's internal address, except `public_container_ports` (all interfaces).
+    """
+    address = bind_address or host.plan.internal_address
+    return docker.Container(
+        name,
+        name=name,
+        image=host.image(image).image_id,
+        restart="unless-stopped",
+        must_run=True,
+        ports=[
+            docker.ContainerPortArgs(
+                internal=binding.container_port,
+                external=binding.host_port,
+                ip="0.0.0.0" if binding.container_port in public_container_ports else address,
+                protocol=binding.protocol,
+            )
+            for binding in bindings
+        ],
+        networks_advanced=[
+            docker.ContainerNetworksAdvancedArgs(name=net.network, aliases=list(net.aliases))
+            for net in networks
+        ],
+        envs=envs,
+        command=list(command_args) if command_args is not None else None,
+        healthcheck=(
+            docker.ContainerHealthcheckArgs(
+                tests=["CMD-SHELL", healthcheck],
+                interval=HEALTH_INTERVAL,
+                timeout="5s",
+                retries=6,
+                start_period="60s",
+            )
+            if healthcheck
+            else None
+        ),
+        wait=healthcheck is not None,
+        wait_timeout=300,
+        volumes=[
+            docker.ContainerVolumeArgs(volume_name=volume.name, container_path=path)
+            for volume, path in volumes
+        ],
+        mounts=[
+            docker.ContainerMountArgs(type="bind", source=source, target=target, read_only=True)
+            for source, target in binds
+        ],
+        opts=pulumi.ResourceOptions(
+            parent=parent,
+            provider=host.docker_provider,
+            depends_on=[*host.ready, *depends_on],
+            delete_before_replace=True,
+        ),
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+def volume(name: str, *, host: HostAccess, parent: pulumi.Resource) -> docker.Volume:
+    """A named volume that outlives its containers and `pulumi destroy`."""
+    return docker.Volume(
+        name,
+        name=name,
+        opts=pulumi.ResourceOptions(
+            parent=parent, provider=host.docker_provider, retain_on_delete=True, protect=False
+        ),
+    )
+
+
+class DockerHost(pulumi.ComponentResource):
+    """One Docker engine: its provider and the exporters that run once per host."""
+
+    access: HostAccess
+    """How other components deploy onto this host."""
+
+    def __init__(
+        self,
+        plan: HostPlan,
+        *,
+        docker_host: pulumi.Input[str],
+        config_root: str,
+        connection: command.remote.ConnectionArgs | None = None,
+        ready: Sequence[pulumi.Resource] = (),
+        ssh_opts: Sequence[str] = (),
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__("unityplan:infra:DockerHost", f"host-{plan.name}", None, opts)
+        provider = docker.Provider(
+            f"host-{plan.name}-docker",
+            host=docker_host,
+            ssh_opts=list(ssh_opts) or None,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=list(ready)),
+        )
+        self.access = HostAccess(
+            plan=plan,
+            docker_provider=provider,
+            config_root=config_root,
+            docker_host=docker_host if isinstance(docker_host, str) else "",
+            connection=connection,
+            ready=ready,
+            image_parent=self,
+        )
+        self.register_outputs({"dockerHost": docker_host})
+
+
+class HostExporters(pulumi.ComponentResource):
+    """node-exporter and cAdvisor: once per host, not once per pod (the guide's port clash)."""
+
+    def __init__(
+        self,
+        host: HostAccess,
+        *,
+        networks: Sequence[Attachment] = (),
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__(
+            "unityplan:infra:HostExporters", f"host-{host.plan.name}-exporters", None, opts
+        )
+        plan = host.plan
+        images = plan.config.images
+        self.node_exporter = container(
+            "monitoring-node-exporter",
+            host=host,
+            image=images.node_exporter,
+            parent=self,
+            bindings=plan.ports_of("monitoring-node-exporter"),
+            networks=networks,
+            command_args=["--path.rootfs=/host"],
+            healthcheck="wget -q -O /dev/null http://127.0.0.1:9100/metrics",
+            binds=[("/", "/host")],
+            pid_mode="host",
+        )
+        self.cadvisor = container(
+            "monitoring-cadvisor",
+            host=host,
+            image=images.cadvisor,
+            parent=self,
+            bindings=plan.ports_of("monitoring-cadvisor"),
+            networks=networks,
+            healthcheck="wget -q -O /dev/null http://127.0.0.1:8080/healthz",
+            binds=[
+                ("/", "/rootfs"),
+                ("/var/run", "/var/run"),
+                ("/sys", "/sys"),
+                ("/var/lib/docker", "/var/lib/docker"),
+            ],
+            privileged=True,
+        )
+        self.register_outputs(
+            {"nodeExporter": self.node_exporter.name, "cadvisor": self.cadvisor.name}
+        )

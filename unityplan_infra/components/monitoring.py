@@ -1,0 +1,135 @@
+"""`MonitoringStack`: Prometheus, Grafana, Jaeger and Traefik on the monitoring host.
+
+Prometheus' targets come from the plan and reach the running server by SIGHUP, so adding a
+pod never replaces the Prometheus container.
+"""
+
+from __future__ import annotations
+
+import pulumi
+
+from unityplan_infra.components.host import Attachment, HostAccess, container, signal_reload, volume
+from unityplan_infra.components.secrets import password
+from unityplan_infra.render.grafana import render_datasources
+from unityplan_infra.render.prometheus import render_prometheus_config
+from unityplan_infra.render.traefik import render_dynamic_config
+from unityplan_infra.topology.plan import Deployment
+
+GRAFANA_ADMIN = "unityplan-admin"
+
+
+class MonitoringStack(pulumi.ComponentResource):
+    """Metrics, dashboards, traces and the reverse proxy."""
+
+    grafana_admin_password: pulumi.Output[str]
+    """Generated; exported as a secret."""
+    urls: dict[str, str]
+
+    def __init__(
+        self,
+        deployment: Deployment,
+        *,
+        host: HostAccess,
+        global_network: pulumi.Input[str],
+        mesh_network: pulumi.Input[str] | None,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__("unityplan:infra:MonitoringStack", "monitoring", None, opts)
+        images = deployment.config.images
+        plan = host.plan
+        self.urls = {k: v for k, v in plan.endpoints().items()
+                     if k in ("grafana", "prometheus", "jaeger", "traefik")}  # fmt: skip
+        networks = [Attachment(global_network)]
+        if mesh_network is not None:
+            networks.append(Attachment(mesh_network))
+
+        prometheus_file = host.config_file(
+            "prometheus-config", "monitoring/prometheus/prometheus.yml",
+            render_prometheus_config(deployment), parent=self,
+            reload=signal_reload("monitoring-prometheus"),
+        )  # fmt: skip
+        self.prometheus = container(
+            "monitoring-prometheus",
+            host=host,
+            image=images.prometheus,
+            parent=self,
+            bindings=plan.ports_of("monitoring-prometheus"),
+            networks=networks,
+            command_args=[
+                "--config.file=/config/prometheus.yml",
+                "--storage.tsdb.path=/prometheus",
+                "--storage.tsdb.retention.time=30d",
+            ],
+            healthcheck="wget -q -O /dev/null http://127.0.0.1:9090/-/ready",
+            volumes=[(volume("monitoring-prometheus-data", host=host, parent=self), "/prometheus")],
+            binds=[(host.path("monitoring/prometheus"), "/config")],
+            depends_on=[prometheus_file],
+        )
+
+        self.grafana_admin_password = password("grafana-admin-password", self)
+        datasources = host.config_file(
+            "grafana-datasources", "monitoring/grafana/datasources/unityplan.yaml",
+            render_datasources(), parent=self,
+        )  # fmt: skip
+        self.grafana = container(
+            "monitoring-grafana",
+            host=host,
+            image=images.grafana,
+            parent=self,
+            bindings=plan.ports_of("monitoring-grafana"),
+            networks=networks,
+            envs=self.grafana_admin_password.apply(
+                lambda secret: [
+                    f"GF_SECURITY_ADMIN_USER={GRAFANA_ADMIN}",
+                    f"GF_SECURITY_ADMIN_PASSWORD={secret}",
+                    "GF_USERS_ALLOW_SIGN_UP=false",
+                    "GF_ANALYTICS_REPORTING_ENABLED=false",
+                ]
+            ),
+            healthcheck="wget -q -O /dev/null http://127.0.0.1:3000/api/health",
+            volumes=[(volume("monitoring-grafana-data", host=host, parent=self), "/var/lib/grafana")],
+            binds=[(host.path("monitoring/grafana/datasources"),
+                    "/etc/grafana/provisioning/datasources")],
+            depends_on=[datasources],
+        )  # fmt: skip
+
+        self.jaeger = container(
+            "monitoring-jaeger",
+            host=host,
+            image=images.jaeger,
+            parent=self,
+            bindings=plan.ports_of("monitoring-jaeger"),
+            networks=networks,
+            envs=["COLLECTOR_OTLP_ENABLED=true"],
+        )
+
+        routes = host.config_file(
+            "traefik-dynamic", "monitoring/traefik/dynamic.yml",
+            render_dynamic_config(deployment), parent=self,
+        )  # fmt: skip
+        self.traefik = container(
+            "reverse-proxy-traefik",
+            host=host,
+            image=images.traefik,
+            parent=self,
+            bindings=plan.ports_of("reverse-proxy-traefik"),
+            networks=networks,
+            command_args=[
+                "--entrypoints.web.address=:80",
+                "--entrypoints.websecure.address=:443",
+                "--entrypoints.websecure.http.tls=true",
+                "--api.dashboard=true",
+                "--api.insecure=true",  # dashboard on :8080, published on the internal address
+                "--ping=true",
+                "--providers.file.directory=/config",
+                "--providers.file.watch=true",
+            ],
+            healthcheck="traefik healthcheck --ping",
+            binds=[(host.path("monitoring/traefik"), "/config")],
+            depends_on=[routes],
+            # Multi-host: 80/443 are the only ports of the stack open to the internet.
+            public_container_ports=(80, 443) if plan.multi_host else (),
+        )
+        self.register_outputs(
+            {"urls": self.urls, "grafanaAdminPassword": self.grafana_admin_password}
+        )

@@ -1,0 +1,357 @@
+"""`PodStack`: one territory's pod on its host.
+
+PostgreSQL, Redis, NATS (JetStream), IPFS (kubo), Matrix Synapse and the three exporters,
+named as in the reference guide. Stateful data lives in retained volumes; configuration in
+files under the host's config root, bind-mounted read-only and applied by reload, so peer
+changes never replace a container.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import pulumi
+import pulumi_docker as docker
+import pulumi_tls as tls
+
+from unityplan_infra.components.host import (
+    Attachment,
+    HostAccess,
+    container,
+    restart,
+    sha256,
+    signal_reload,
+    volume,
+)
+from unityplan_infra.components.mesh import MeshSecrets
+from unityplan_infra.components.secrets import password, random_bytes, secret_base64
+from unityplan_infra.crypto.keys import ipfs_swarm_key, synapse_signing_key
+from unityplan_infra.render import ipfs as ipfs_render
+from unityplan_infra.render.nats import render_nats_config
+from unityplan_infra.render.postgres import postgres_init_sql
+from unityplan_infra.render.synapse import (
+    SIGNING_KEY_FILE,
+    TLS_CERT_FILE,
+    TLS_KEY_FILE,
+    SynapseSecrets,
+    render_homeserver_config,
+)
+from unityplan_infra.topology.plan import Deployment, PodPlan
+
+DB_OWNER = "unityplan"
+
+
+class PodStack(pulumi.ComponentResource):
+    """All containers, volumes, files and secrets of one pod."""
+
+    containers: dict[str, docker.Container]
+    """Containers by kind: postgres, redis, nats, ipfs, matrix, *-exporter."""
+    postgres_password: pulumi.Output[str]
+    redis_password: pulumi.Output[str]
+    endpoints: dict[str, str]
+    """URLs of the pod's services on its host."""
+
+    def __init__(
+        self,
+        deployment: Deployment,
+        pod: PodPlan,
+        *,
+        host: HostAccess,
+        mesh: MeshSecrets,
+        mesh_network: pulumi.Input[str] | None,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__("unityplan:infra:PodStack", f"pod-{pod.code}", None, opts)
+        self._deployment, self._pod, self._host = deployment, pod, host
+        self.endpoints = pod.endpoints()
+        images = deployment.config.images
+        code = pod.code
+
+        network = docker.Network(
+            pod.network,
+            name=pod.network,
+            labels=[docker.NetworkLabelArgs(label="unityplan.pod", value=code)],
+            opts=pulumi.ResourceOptions(
+                parent=self, provider=host.docker_provider, depends_on=list(host.ready)
+            ),
+        )
+
+        def networks(*aliases: str) -> list[Attachment]:
+            attached = [Attachment(network.name, aliases)]
+            if mesh_network is not None:
+                attached.append(Attachment(mesh_network))
+            return attached
+
+        self.postgres_password = password(f"{code}-postgres-password", self)
+        self.redis_password = password(f"{code}-redis-password", self)
+        self.containers = {}
+
+        # --- PostgreSQL -----------------------------------------------------------
+        init_sql = postgres_init_sql(pod, DB_OWNER)
+        init_file = host.config_file(
+            f"{code}-postgres-init", f"pods/{code}/postgres-init/10-databases.sql", init_sql,
+            parent=self,
+        )  # fmt: skip
+        postgres = self._add(
+            "postgres",
+            container(
+                pod.service("postgres"),
+                host=host,
+                image=images.postgres,
+                parent=self,
+                bindings=pod.ports_of(pod.service("postgres")),
+                networks=networks("postgres"),
+                envs=pulumi.Output.all(self.postgres_password).apply(
+                    lambda secret: [
+                        f"POSTGRES_USER={DB_OWNER}",
+                        f"POSTGRES_PASSWORD={secret[0]}",
+                        f"POSTGRES_DB={pod.database}",
+                    ]
+                ),
+                healthcheck=f"pg_isready -U {DB_OWNER} -d postgres",
+                volumes=[(volume(pod.volume("postgres"), host=host, parent=self),
+                          "/var/lib/postgresql/data")],
+                binds=[(host.path(f"pods/{code}/postgres-init"), "/docker-entrypoint-initdb.d")],
+                depends_on=[init_file],
+            ),
+        )  # fmt: skip
+        # The initdb script runs only on an empty volume; running it on every deploy (it is
+        # idempotent) also covers volumes from older layouts.
+        databases = host.run(
+            f"{code}-postgres-databases",
+            create=(
+                f"docker exec -i {pod.service('postgres')} psql -v ON_ERROR_STOP=1 -q"
+                f" -U {DB_OWNER} -d postgres -f -"
+            ),
+            stdin=init_sql,
+            triggers=[sha256(init_sql), postgres.id],
+            parent=self,
+            depends_on=[postgres],
+        )
+
+        # --- Redis ----------------------------------------------------------------
+        self._add(
+            "redis",
+            container(
+                pod.service("redis"),
+                host=host,
+                image=images.redis,
+                parent=self,
+                bindings=pod.ports_of(pod.service("redis")),
+                networks=networks("redis"),
+                envs=self.redis_password.apply(lambda secret: [f"REDIS_PASSWORD={secret}"]),
+                # The password comes from the environment, not from a stored config file.
+                command_args=[
+                    "sh", "-c",
+                    'exec redis-server --appendonly yes --requirepass "$REDIS_PASSWORD"',
+                ],
+                healthcheck='redis-cli --no-auth-warning -a "$REDIS_PASSWORD" ping | grep -q PONG',
+                volumes=[(volume(pod.volume("redis"), host=host, parent=self), "/data")],
+            ),
+        )  # fmt: skip
+
+        # --- NATS -----------------------------------------------------------------
+        nats_config = pulumi.Output.all(mesh.nats_route_password, mesh.nats_client_password).apply(
+            lambda secrets: render_nats_config(
+                deployment, pod, route_password=secrets[0], client_password=secrets[1]
+            )
+        )
+        nats_file = host.config_file(
+            f"{code}-nats-config", f"pods/{code}/nats/nats.json", nats_config,
+            parent=self, reload=signal_reload(pod.service("nats")),
+        )  # fmt: skip
+        monitor_port = pod.nats_ports["monitor"]
+        self._add(
+            "nats",
+            container(
+                pod.service("nats"),
+                host=host,
+                image=images.nats,
+                parent=self,
+                bindings=pod.ports_of(pod.service("nats")),
+                networks=networks("nats"),
+                command_args=["--config", "/config/nats.json"],
+                healthcheck=(
+                    f"wget -q -O /dev/null "
+                    f"'http://127.0.0.1:{monitor_port}/healthz?js-enabled-only=true'"
+                ),
+                volumes=[(volume(pod.volume("nats"), host=host, parent=self), "/data")],
+                binds=[(host.path(f"pods/{code}/nats"), "/config")],
+                depends_on=[nats_file],
+            ),
+        )  # fmt: skip
+
+        # --- IPFS (kubo), private swarm ---------------------------------------------
+        swarm_key = host.config_file(
+            f"{code}-ipfs-swarm-key", f"pods/{code}/ipfs/swarm.key",
+            mesh.ipfs_swarm_key_hex.apply(ipfs_swarm_key), parent=self,
+        )  # fmt: skip
+        init_script = host.config_file(
+            f"{code}-ipfs-init", f"pods/{code}/ipfs-init/{ipfs_render.INIT_SCRIPT}",
+            ipfs_render.INIT_SCRIPT_BODY, parent=self,
+        )  # fmt: skip
+        self._add(
+            "ipfs",
+            container(
+                pod.service("ipfs"),
+                host=host,
+                image=images.ipfs,
+                parent=self,
+                bindings=pod.ports_of(pod.service("ipfs")),
+                networks=networks("ipfs"),
+                envs=[
+                    f"IPFS_SWARM_KEY_FILE={ipfs_render.MOUNT}/swarm.key",
+                    "LIBP2P_FORCE_PNET=1",  # refuse to start without the private swarm key
+                    "IPFS_PROFILE=server",  # no local-network discovery, no private dialing
+                ],
+                healthcheck="ipfs --api=/ip4/127.0.0.1/tcp/5001 id >/dev/null",
+                volumes=[(volume(pod.volume("ipfs"), host=host, parent=self), "/data/ipfs")],
+                binds=[
+                    (host.path(f"pods/{code}/ipfs"), ipfs_render.MOUNT),
+                    (host.path(f"pods/{code}/ipfs-init"), "/container-init.d"),
+                ],
+                depends_on=[swarm_key, init_script],
+            ),
+        )  # fmt: skip
+
+        # --- Matrix Synapse ----------------------------------------------------------
+        matrix_files = self._synapse_files()
+        self._add(
+            "matrix",
+            container(
+                pod.service("matrix"),
+                host=host,
+                image=images.matrix,
+                parent=self,
+                bindings=pod.ports_of(pod.service("matrix")),
+                networks=networks("matrix", pod.matrix_server_name),
+                envs=["SYNAPSE_CONFIG_PATH=/config/homeserver.yaml"],
+                healthcheck="curl -fsS http://127.0.0.1:8008/health >/dev/null",
+                volumes=[(volume(pod.volume("matrix"), host=host, parent=self), "/data")],
+                binds=[(host.path(f"pods/{code}/matrix"), "/config")],
+                depends_on=[*matrix_files, databases],
+            ),
+        )  # fmt: skip
+
+        # --- Exporters ------------------------------------------------------------
+        self._exporters(networks)
+
+        self.register_outputs(
+            {
+                "endpoints": self.endpoints,
+                "containers": {kind: c.name for kind, c in self.containers.items()},
+                "postgresPassword": self.postgres_password,
+                "redisPassword": self.redis_password,
+            }
+        )
+
+    def _add(self, kind: str, created: docker.Container) -> docker.Container:
+        self.containers[kind] = created
+        return created
+
+    def _synapse_files(self) -> Sequence[pulumi.Resource]:
+        deployment, pod, host, code = self._deployment, self._pod, self._host, self._pod.code
+        secrets = pulumi.Output.all(
+            self.postgres_password,
+            password(f"{code}-synapse-registration-secret", self),
+            password(f"{code}-synapse-macaroon-secret", self),
+            password(f"{code}-synapse-form-secret", self),
+        ).apply(lambda values: SynapseSecrets(DB_OWNER, *values))
+        homeserver = pulumi.Output.secret(
+            secrets.apply(lambda s: render_homeserver_config(deployment, pod, s))
+        )
+        signing_seed = secret_base64(random_bytes(f"{code}-synapse-signing-key", self))
+        tls_key = tls.PrivateKey(
+            f"{code}-synapse-tls-key",
+            algorithm="ECDSA",
+            ecdsa_curve="P256",
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        tls_cert = tls.SelfSignedCert(
+            f"{code}-synapse-tls-cert",
+            private_key_pem=tls_key.private_key_pem,
+            subject=tls.SelfSignedCertSubjectArgs(common_name=pod.matrix_server_name),
+            dns_names=[pod.matrix_server_name],
+            validity_period_hours=10 * 365 * 24,
+            allowed_uses=["key_encipherment", "digital_signature", "server_auth"],
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        matrix = pod.service("matrix")
+        directory = f"pods/{code}/matrix"
+        return [
+            host.config_file(
+                f"{code}-synapse-config", f"{directory}/homeserver.yaml", homeserver,
+                parent=self, reload=restart(matrix),  # Synapse reads its config at start only
+            ),
+            host.config_file(
+                f"{code}-synapse-signing-key", f"{directory}/{SIGNING_KEY_FILE}",
+                signing_seed.apply(synapse_signing_key), parent=self,
+            ),
+            host.config_file(
+                f"{code}-synapse-tls-key", f"{directory}/{TLS_KEY_FILE}",
+                pulumi.Output.secret(tls_key.private_key_pem), parent=self,
+            ),
+            host.config_file(
+                f"{code}-synapse-tls-cert", f"{directory}/{TLS_CERT_FILE}",
+                tls_cert.cert_pem, parent=self,
+            ),
+        ]  # fmt: skip
+
+    def _exporters(self, attach: Callable[..., list[Attachment]]) -> None:
+        pod, host, images = self._pod, self._host, self._deployment.config.images
+        postgres_dsn = f"{pod.service('postgres')}:5432/{pod.database}?sslmode=disable"
+        self._add(
+            "postgres-exporter",
+            container(
+                pod.exporter("postgres"),
+                host=host,
+                image=images.postgres_exporter,
+                parent=self,
+                bindings=pod.ports_of(pod.exporter("postgres")),
+                networks=attach(),
+                envs=self.postgres_password.apply(
+                    lambda secret: [
+                        f"DATA_SOURCE_URI={postgres_dsn}",
+                        f"DATA_SOURCE_USER={DB_OWNER}",
+                        f"DATA_SOURCE_PASS={secret}",
+                    ]
+                ),
+                healthcheck="wget -q -O /dev/null http://127.0.0.1:9187/metrics",
+                depends_on=[self.containers["postgres"]],
+            ),
+        )
+        self._add(
+            "redis-exporter",
+            container(
+                pod.exporter("redis"),
+                host=host,
+                image=images.redis_exporter,
+                parent=self,
+                bindings=pod.ports_of(pod.exporter("redis")),
+                networks=attach(),
+                envs=self.redis_password.apply(
+                    lambda secret: [
+                        f"REDIS_ADDR=redis://{pod.service('redis')}:6379",
+                        f"REDIS_PASSWORD={secret}",
+                    ]
+                ),
+                healthcheck="wget -q -O /dev/null http://127.0.0.1:9121/metrics",
+                depends_on=[self.containers["redis"]],
+            ),
+        )
+        monitor = f"http://{pod.service('nats')}:{pod.nats_ports['monitor']}"
+        self._add(
+            "nats-exporter",
+            container(
+                pod.exporter("nats"),
+                host=host,
+                image=images.nats_exporter,
+                parent=self,
+                bindings=pod.ports_of(pod.exporter("nats")),
+                networks=attach(),
+                command_args=["-varz", "-connz", "-routez", "-subz", "-jsz=all",
+                              "-port=7777", monitor],
+                healthcheck="wget -q -O /dev/null http://127.0.0.1:7777/metrics",
+                depends_on=[self.containers["nats"]],
+            ),
+        )  # fmt: skip

@@ -1,0 +1,71 @@
+"""`IpfsSwarm`: every pod's kubo keeps every other pod as a permanent peer.
+
+A node's peer ID lives in its data volume, so it is read from the running node; each pod's
+peer list is then written to its config dir (read again by the init script at every start)
+and applied to the running daemon. Adding a pod reruns these commands only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pulumi
+
+from unityplan_infra.components.host import HostAccess
+from unityplan_infra.components.pod import PodStack
+from unityplan_infra.render import ipfs as ipfs_render
+from unityplan_infra.topology.plan import Deployment
+
+
+class IpfsSwarm(pulumi.ComponentResource):
+    """Peer IDs of all pods and the peering of each pod with the others."""
+
+    peer_ids: dict[str, pulumi.Output[str]]
+    """kubo peer ID by territory code."""
+
+    def __init__(
+        self,
+        deployment: Deployment,
+        *,
+        pods: Mapping[str, PodStack],
+        hosts: Mapping[str, HostAccess],
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__("unityplan:infra:IpfsSwarm", "ipfs-swarm", None, opts)
+        self.peer_ids = {}
+        for pod in deployment.pods:
+            node = pods[pod.code].containers["ipfs"]
+            read_id = hosts[pod.host].run(
+                f"{pod.code}-ipfs-peer-id",
+                create=f"docker exec {pod.service('ipfs')} ipfs id --format='<id>'",
+                triggers=[node.id],
+                parent=self,
+                depends_on=[node],
+            )
+            self.peer_ids[pod.code] = read_id.stdout.apply(str.strip)  # type: ignore[attr-defined]
+
+        all_ids = pulumi.Output.all(**self.peer_ids)
+        for pod in deployment.pods:
+            host = hosts[pod.host]
+            node = pods[pod.code].containers["ipfs"]
+            directory = f"pods/{pod.code}/ipfs"
+            peers_json = host.config_file(
+                f"{pod.code}-ipfs-peers", f"{directory}/peers.json",
+                all_ids.apply(lambda ids, p=pod: ipfs_render.render_peers_json(deployment, p, ids)),
+                parent=self,
+            )  # fmt: skip
+            peer_list = all_ids.apply(
+                lambda ids, p=pod: ipfs_render.render_peer_list(deployment, p, ids)
+            )
+            peers_txt = host.config_file(
+                f"{pod.code}-ipfs-peer-list", f"{directory}/peers.txt", peer_list, parent=self
+            )
+            host.run(
+                f"{pod.code}-ipfs-peering",
+                create=f"docker exec -i {pod.service('ipfs')} sh -s",
+                stdin=ipfs_render.LIVE_APPLY,
+                triggers=[peer_list, node.id],
+                parent=self,
+                depends_on=[node, peers_json, peers_txt],
+            )
+        self.register_outputs({"peerIds": self.peer_ids})

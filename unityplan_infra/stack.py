@@ -1,0 +1,142 @@
+"""Wiring of a whole stack from its validated plan: hosts, mesh, pods, services on top.
+
+The two layouts differ only in how hosts come to exist and how they are reached; pods,
+swarm, streams, monitoring and dev tools are placed the same way on whatever hosts exist.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pulumi
+
+from unityplan_infra.components.devtools import DevTools
+from unityplan_infra.components.hetzner import HetznerHosts
+from unityplan_infra.components.host import Attachment, DockerHost, HostAccess, HostExporters
+from unityplan_infra.components.mesh import MeshNetwork
+from unityplan_infra.components.monitoring import MonitoringStack
+from unityplan_infra.components.pod import PodStack
+from unityplan_infra.components.streams import NatsStreams
+from unityplan_infra.components.swarm import IpfsSwarm
+from unityplan_infra.topology.plan import Deployment
+
+REMOTE_CONFIG_ROOT = "/opt/unityplan"
+
+
+def default_config_root(stack: str) -> str:
+    """Where the single-host layout keeps config files: the user's data dir."""
+    return str(Path.home() / ".local" / "share" / "unityplan-infra" / stack)
+
+
+def deploy(
+    deployment: Deployment, *, stack: str, ssh_private_key: pulumi.Output[str] | None = None
+) -> dict[str, Any]:
+    """Register every resource of the stack; return the stack outputs."""
+    if deployment.config.layout == "single-host":
+        hosts, mesh = _single_host(deployment, stack)
+        networks = [Attachment(mesh.mesh_network.name)] if mesh.mesh_network else []
+        outputs: dict[str, Any] = {}
+    else:
+        hosts, mesh, outputs = _multi_host(deployment, ssh_private_key)
+        networks = []
+    for host in hosts.values():
+        HostExporters(host, networks=networks)
+
+    mesh_name = mesh.mesh_network.name if mesh.mesh_network else None
+    pods = {
+        pod.code: PodStack(
+            deployment, pod, host=hosts[pod.host], mesh=mesh.secrets, mesh_network=mesh_name
+        )
+        for pod in deployment.pods
+    }
+    IpfsSwarm(deployment, pods=pods, hosts=hosts)
+    first = deployment.pods[0]
+    NatsStreams(
+        deployment,
+        host=hosts[first.host],
+        client_password=mesh.secrets.nats_client_password,
+        network=mesh_name if mesh_name is not None else "host",
+        servers=[pod.containers["nats"] for pod in pods.values()],
+    )
+
+    monitoring_host = hosts[deployment.monitoring_host.name]
+    config = deployment.config
+    urls: dict[str, str] = {}
+    if config.monitoring.enabled:
+        monitoring = MonitoringStack(
+            deployment,
+            host=monitoring_host,
+            global_network=mesh.global_network.name,
+            mesh_network=mesh_name,
+        )
+        urls |= monitoring.urls
+        outputs["grafanaAdminUser"] = "unityplan-admin"
+        outputs["grafanaAdminPassword"] = monitoring.grafana_admin_password
+    if config.dev_tools.enabled:
+        tools = DevTools(
+            deployment,
+            host=monitoring_host,
+            pods=pods,
+            global_network=mesh.global_network.name,
+            mesh_network=mesh_name,
+        )
+        urls |= tools.urls
+    outputs["urls"] = urls
+    outputs["pods"] = {
+        code: {
+            "endpoints": pod.endpoints,
+            "postgresUser": "unityplan",
+            "postgresPassword": pod.postgres_password,
+            "redisPassword": pod.redis_password,
+        }
+        for code, pod in pods.items()
+    }
+    outputs["natsClientUser"] = "unityplan"
+    outputs["natsClientPassword"] = mesh.secrets.nats_client_password
+    return outputs
+
+
+def _single_host(deployment: Deployment, stack: str) -> tuple[dict[str, HostAccess], MeshNetwork]:
+    config = deployment.config
+    (plan,) = deployment.hosts
+    docker_host = DockerHost(
+        plan,
+        docker_host=config.docker_host,
+        config_root=config.config_dir or default_config_root(stack),
+    )
+    mesh = MeshNetwork(deployment, monitoring_host=docker_host.access)
+    return {plan.name: docker_host.access}, mesh
+
+
+def _multi_host(
+    deployment: Deployment, ssh_private_key: pulumi.Output[str] | None
+) -> tuple[dict[str, HostAccess], MeshNetwork, dict[str, Any]]:
+    servers = HetznerHosts(deployment, ssh_private_key=ssh_private_key)
+    docker_hosts = {
+        name: DockerHost(
+            deployment.hosts_by_name[name],
+            docker_host=remote.public_address.apply(
+                lambda address, user=remote.user: f"ssh://{user}@{address}"
+            ),
+            config_root=REMOTE_CONFIG_ROOT,
+            connection=remote.connection,
+            ready=remote.ready,
+            ssh_opts=["-o", "StrictHostKeyChecking=accept-new"],
+        )
+        for name, remote in servers.remote_hosts.items()
+    }
+    mesh = MeshNetwork(
+        deployment,
+        monitoring_host=docker_hosts[deployment.monitoring_host.name].access,
+        remote_hosts=servers.remote_hosts,
+    )
+    # Everything that publishes on a WireGuard address waits for that host's tunnel.
+    hosts = {
+        name: dataclasses.replace(
+            docker_host.access, ready=[*docker_host.access.ready, mesh.peers[name]]
+        )
+        for name, docker_host in docker_hosts.items()
+    }
+    return hosts, mesh, servers.outputs(mesh)
