@@ -110,12 +110,12 @@ class HetznerHosts(pulumi.ComponentResource):
                     ),
                 )
         for host in deployment.hosts:
-            self.remote_hosts[host.name] = self._remote(host, ssh_private_key)
+            self.remote_hosts[host.name] = self._connect(host, ssh_private_key)
         self.register_outputs(
             {"servers": {name: server.ipv4_address for name, server in self.servers.items()}}
         )
 
-    def _remote(self, host: HostPlan, private_key: pulumi.Input[str] | None) -> RemoteHost:
+    def _connect(self, host: HostPlan, private_key: pulumi.Input[str] | None) -> RemoteHost:
         spec = host.spec
         if isinstance(spec, SshHost):
             address: pulumi.Output[str] = pulumi.Output.from_input(spec.address)

@@ -43,11 +43,13 @@ def restart(container: str) -> str:
     return if_running(container, f"docker restart {shlex.quote(container)} >/dev/null")
 
 
-def write_file_script(root: str, path: str, reload: str | None) -> str:
+def write_file_script(root: str, path: str, reload: str | None, in_place: bool = False) -> str:
     """Shell: write stdin to `path` atomically (temp file + rename), then reload.
 
     The root stays 0700 (secrets inside); leaf directories are 0755 and files 0644 because
-    containers run as various users and only see the leaf directory they mount.
+    containers run as various users and only see the leaf directory they mount. A file that
+    is bind-mounted by itself is rewritten `in_place`: a rename would leave the container
+    looking at the old inode.
     """
     directory = posixpath.dirname(path)
     lines = [
@@ -57,7 +59,9 @@ def write_file_script(root: str, path: str, reload: str | None) -> str:
         f"tmp=$(mktemp {shlex.quote(directory)}/.tmp.XXXXXX)",
         'cat > "$tmp"',
         'chmod 0644 "$tmp"',
-        f'mv -f "$tmp" {shlex.quote(path)}',
+        f'cat "$tmp" > {shlex.quote(path)} && rm -f "$tmp"'
+        if in_place
+        else f'mv -f "$tmp" {shlex.quote(path)}',
     ]
     if reload:
         lines.append(reload)
@@ -133,6 +137,7 @@ class HostAccess:
         parent: pulumi.Resource,
         reload: str | None = None,
         depends_on: Sequence[pulumi.Resource] = (),
+        in_place: bool = False,
     ) -> pulumi.CustomResource:
         """Write a file under the config root; rewrite it (and reload) when it changes.
 
@@ -142,7 +147,7 @@ class HostAccess:
         digest = pulumi.Output.from_input(content).apply(sha256)
         return self.run(
             name,
-            create=write_file_script(self.config_root, path, reload),
+            create=write_file_script(self.config_root, path, reload, in_place),
             stdin=content,
             triggers=[digest],
             parent=parent,

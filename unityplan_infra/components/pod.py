@@ -35,6 +35,7 @@ from unityplan_infra.render.synapse import (
     TLS_KEY_FILE,
     SynapseSecrets,
     render_homeserver_config,
+    render_hosts_file,
 )
 from unityplan_infra.topology.plan import Deployment, PodPlan
 
@@ -228,7 +229,12 @@ class PodStack(pulumi.ComponentResource):
                 envs=["SYNAPSE_CONFIG_PATH=/config/homeserver.yaml"],
                 healthcheck="curl -fsS http://127.0.0.1:8008/health >/dev/null",
                 volumes=[(volume(pod.volume("matrix"), host=host, parent=self), "/data")],
-                binds=[(host.path(f"pods/{code}/matrix"), "/config")],
+                binds=[
+                    (host.path(f"pods/{code}/matrix"), "/config"),
+                    # Multi-host: peers' server names resolve to their WireGuard addresses.
+                    *([(host.path(f"pods/{code}/matrix-hosts/hosts"), "/etc/hosts")]
+                      if pod.multi_host else []),
+                ],
                 depends_on=[*matrix_files, databases],
             ),
         )  # fmt: skip
@@ -278,7 +284,16 @@ class PodStack(pulumi.ComponentResource):
         )
         matrix = pod.service("matrix")
         directory = f"pods/{code}/matrix"
+        hosts_files: list[pulumi.Resource] = []
+        if pod.multi_host:
+            hosts_files.append(
+                host.config_file(
+                    f"{code}-synapse-hosts", f"pods/{code}/matrix-hosts/hosts",
+                    render_hosts_file(deployment, pod), parent=self, in_place=True,
+                )
+            )  # fmt: skip
         return [
+            *hosts_files,
             host.config_file(
                 f"{code}-synapse-config", f"{directory}/homeserver.yaml", homeserver,
                 parent=self, reload=restart(matrix),  # Synapse reads its config at start only

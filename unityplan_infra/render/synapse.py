@@ -98,3 +98,13 @@ def deployment_mesh_range(deployment: Deployment) -> str:
 
 def render_homeserver_config(deployment: Deployment, pod: PodPlan, secrets: SynapseSecrets) -> str:
     return yaml.safe_dump(homeserver_config(deployment, pod, secrets), sort_keys=False)
+
+
+def render_hosts_file(deployment: Deployment, pod: PodPlan) -> str:
+    """/etc/hosts of a multi-host Synapse: other pods' server names -> WireGuard addresses.
+
+    Docker's DNS knows only the local host's containers; federation needs the others.
+    """
+    lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
+    lines += [f"{peer.vpn_address}\t{peer.matrix_server_name}" for peer in deployment.peers(pod)]
+    return "\n".join(lines) + "\n"
