@@ -1,0 +1,144 @@
+"""Invalid stack config: one clear error naming key, value and fix; nothing registered."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pulumi
+import pytest
+
+from tests.support.mocks import run_program
+from tests.support.stackfile import as_pulumi_config, stack_values
+from unityplan_infra.config.errors import ConfigError
+from unityplan_infra.config.loader import load_deployment, namespace_values
+
+NS = "unityplan-infra"
+
+
+def dev() -> dict[str, Any]:
+    return copy.deepcopy(stack_values("dev"))
+
+
+def with_pods(pods: Any) -> dict[str, Any]:
+    values = dev()
+    values[f"{NS}:pods"] = pods
+    return values
+
+
+def set_key(key: str, value: Any) -> dict[str, Any]:
+    values = dev()
+    values[f"{NS}:{key}"] = value
+    return values
+
+
+PODS = [
+    {"code": "dk", "name": "denmark", "slot": 1},
+    {"code": "no", "name": "norway", "slot": 2},
+    {"code": "se", "name": "sweden", "slot": 3},
+]
+
+# (case id, config values, key named in the error, value shown in the error)
+BAD = [
+    ("unknown key", set_key("colour", "blue"), "colour", "'blue'"),
+    ("unknown nested key", set_key("streams", {"globalReplica": 3}), "streams.globalReplica", "3"),
+    ("unknown pod key", with_pods([{**PODS[0], "zone": "x"}]), "pods[0].zone", "'x'"),
+    ("duplicate code", with_pods([PODS[0], {**PODS[1], "code": "dk"}]), "pods[1].code", "'dk'"),
+    ("duplicate slot", with_pods([PODS[0], {**PODS[1], "slot": 1}]), "pods[1].slot", "1"),
+    ("uppercase code", with_pods([{**PODS[0], "code": "DK"}]), "pods[0].code", "'DK'"),
+    ("code with digit", with_pods([{**PODS[0], "code": "d1"}]), "pods[0].code", "'d1'"),
+    ("Norway as false", with_pods([{**PODS[0], "code": False}]), "pods[0].code", "False"),
+    ("slot zero", with_pods([{**PODS[0], "slot": 0}]), "pods[0].slot", "0"),
+    ("negative slot", with_pods([{**PODS[0], "slot": -2}]), "pods[0].slot", "-2"),
+    ("empty pods", with_pods([]), "pods", "[]"),
+    ("pods not a list", with_pods({"code": "dk"}), "pods", "{'code': 'dk'}"),
+    ("pods missing", {f"{NS}:layout": "single-host"}, "pods", "None"),
+    ("unknown layout", set_key("layout", "cluster"), "layout", "'cluster'"),
+    (
+        "two services on one port",
+        set_key("podPorts", {"ipfsGateway": 8080}),  # dk's gateway on Adminer's port
+        "podPorts.ipfsGateway",
+        "8080",
+    ),
+    (
+        "guide's gateway ports",
+        set_key("podPorts", {"ipfsGateway": 8081}),  # no -> 8082 = Redis Commander
+        "podPorts.ipfsGateway",
+        "8082",
+    ),
+    (
+        "replicas above pods",
+        with_pods(PODS[:2]),  # default GLOBAL_EVENTS replicas: 3
+        "streams.globalReplicas",
+        "3",
+    ),
+    ("latest image", set_key("images", {"redis": "redis:latest"}), "images.redis", "'redis:latest'"),
+    ("untagged image", set_key("images", {"nats": "nats"}), "images.nats", "'nats'"),
+    ("bad publish address", set_key("publishAddress", "localhost"), "publishAddress", "'localhost'"),
+    ("host in single-host", with_pods([{**PODS[0], "host": {"kind": "ssh", "address": "192.0.2.1"}}]),
+     "pods[0].host", "'ssh'"),
+]  # fmt: skip
+
+
+def _encode(values: dict[str, Any]) -> dict[str, str]:
+    return as_pulumi_config(values)
+
+
+@pytest.mark.parametrize(("values", "key", "shown"), [c[1:] for c in BAD], ids=[c[0] for c in BAD])
+def test_bad_config_names_key_value_and_fix(values: dict[str, Any], key: str, shown: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_deployment(_encode(values))
+    message = str(raised.value)
+    # A port clash names both settings involved; any other problem leads with its key.
+    line = next((ln for ln in message.splitlines() if f"{NS}:{key} = " in ln or key in ln), None)
+    assert line is not None, f"key {key} not named in:\n{message}"
+    assert f"= {shown}:" in line or f"port {shown}/" in line, line
+    assert "Fix:" in line, line
+    assert "nothing was deployed" in message
+
+
+@pytest.mark.parametrize(
+    "values", [BAD[0][1], BAD[4][1], BAD[14][1], BAD[16][1]], ids=["unknown", "slot", "port", "replicas"]
+)
+def test_bad_config_registers_nothing(values: dict[str, Any]) -> None:
+    with pytest.raises(Exception) as raised:
+        run_program(_encode(values))
+    assert "Invalid stack config" in str(raised.value)
+    # run_program records every registered resource; the stack itself is not a resource here.
+    assert raised.value is not None
+
+
+def test_bad_config_registers_zero_resources() -> None:
+    from tests.support import mocks
+
+    graph = mocks.Graph()
+    pulumi.runtime.set_mocks(mocks.GraphMocks(graph), project="unityplan-infra", stack="dev")
+    with pytest.raises(Exception, match="Invalid stack config"):
+        run_program(_encode(BAD[4][1]))
+    assert graph.resources == []
+
+
+def test_dev_stack_file_is_valid_and_norway_is_a_string() -> None:
+    deployment = load_deployment(_encode(dev()))
+    assert [p.code for p in deployment.pods] == ["dk", "no", "se"]
+    assert [p.slot for p in deployment.pods] == [1, 2, 3]
+
+
+def test_provider_keys_are_not_ours() -> None:
+    values = namespace_values({"hcloud:token": "x", f"{NS}:layout": "single-host"})
+    assert values == {"layout": "single-host"}
+
+
+def test_structured_values_decode_from_json() -> None:
+    values = namespace_values({f"{NS}:pods": json.dumps(PODS), f"{NS}:publishAddress": "0.0.0.0"})
+    assert values["pods"][1]["code"] == "no"
+    assert values["publishAddress"] == "0.0.0.0"
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    values = with_pods([{**PODS[0], "code": "DK", "slot": 0}])
+    with pytest.raises(ConfigError) as raised:
+        load_deployment(_encode(values))
+    keys = {problem.key for problem in raised.value.problems}
+    assert {"pods[0].code", "pods[0].slot"} <= keys

@@ -1,0 +1,153 @@
+"""Unit tests of the Prometheus config renderer, on the dev stack's three pods."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from ruamel.yaml import YAML
+
+from unityplan_infra.config.models import StackConfig
+from unityplan_infra.render.prometheus import (
+    prometheus_config,
+    render_prometheus_config,
+)
+from unityplan_infra.topology.plan import Deployment, plan_deployment
+
+DEV_STACK = Path(__file__).resolve().parents[2] / "Pulumi.dev.yaml"
+PODS = {"dk": "denmark", "no": "norway", "se": "sweden"}
+EXPORTER_PORTS = {"postgres": 9187, "redis": 9121, "nats": 7777}
+
+
+def dev_deployment() -> Deployment:
+    """The plan of Pulumi.dev.yaml (ruamel: YAML 1.2, so the code "no" stays a string)."""
+    raw = YAML(typ="safe").load(DEV_STACK.read_text())["config"]
+    return plan_deployment(
+        StackConfig.model_validate(
+            {"layout": raw["unityplan-infra:layout"], "pods": raw["unityplan-infra:pods"]}
+        )
+    )
+
+
+def multi_host_deployment() -> Deployment:
+    """The dev pods, one per SSH host: three hosts instead of one."""
+    pods = [
+        {
+            "code": code,
+            "name": name,
+            "slot": slot,
+            "host": {"kind": "ssh", "address": f"192.0.2.{slot}"},
+        }
+        for slot, (code, name) in enumerate(PODS.items(), start=1)
+    ]
+    return plan_deployment(StackConfig.model_validate({"layout": "multi-host", "pods": pods}))
+
+
+def _job(config: dict[str, Any], name: str) -> dict[str, Any]:
+    matches = [job for job in config["scrape_configs"] if job["job_name"] == name]
+    assert len(matches) == 1, f"expected one job {name!r}, got {len(matches)}"
+    return matches[0]
+
+
+@pytest.fixture(scope="module")
+def config() -> dict[str, Any]:
+    return prometheus_config(dev_deployment())
+
+
+def test_dev_stack_has_the_three_pods() -> None:
+    # Guards the fixture itself: a YAML 1.1 loader would turn the code "no" into False.
+    assert [(pod.code, pod.pod.name) for pod in dev_deployment().pods] == list(PODS.items())
+
+
+def test_global_section(config: dict[str, Any]) -> None:
+    assert config["global"] == {
+        "scrape_interval": "15s",
+        "evaluation_interval": "15s",
+        "external_labels": {"cluster": "unityplan-central"},
+    }
+
+
+def test_one_job_per_kind_not_per_pod(config: dict[str, Any]) -> None:
+    names = [job["job_name"] for job in config["scrape_configs"]]
+    assert sorted(names) == sorted(["prometheus", "postgres", "redis", "nats", "node", "cadvisor"])
+
+
+@pytest.mark.parametrize("kind", sorted(EXPORTER_PORTS))
+def test_pod_exporter_targets_and_labels(config: dict[str, Any], kind: str) -> None:
+    entries = _job(config, kind)["static_configs"]
+    assert entries == [
+        {
+            "targets": [f"monitoring-{kind}-exporter-{code}:{EXPORTER_PORTS[kind]}"],
+            "labels": {"pod": name, "territory": code},
+        }
+        for code, name in PODS.items()
+    ]
+
+
+def test_nine_pod_exporter_targets(config: dict[str, Any]) -> None:
+    targets = [
+        target
+        for kind in EXPORTER_PORTS
+        for entry in _job(config, kind)["static_configs"]
+        for target in entry["targets"]
+    ]
+    assert len(targets) == 9
+    assert len(set(targets)) == 9
+    assert "monitoring-postgres-exporter-no:9187" in targets
+
+
+def test_norway_territory_survives_yaml_as_a_string() -> None:
+    text = render_prometheus_config(dev_deployment())
+    # PyYAML's safe_load reads YAML 1.1 like Prometheus's Go parser: an unquoted no is false.
+    for loaded in (yaml.safe_load(text), YAML(typ="safe").load(text)):
+        norway = [
+            entry
+            for entry in _job(loaded, "postgres")["static_configs"]
+            if entry["labels"]["pod"] == "norway"
+        ]
+        assert norway == [
+            {
+                "targets": ["monitoring-postgres-exporter-no:9187"],
+                "labels": {"pod": "norway", "territory": "no"},
+            }
+        ]
+        assert norway[0]["labels"]["territory"] is not False
+
+
+def test_rendered_text_round_trips(config: dict[str, Any]) -> None:
+    assert yaml.safe_load(render_prometheus_config(dev_deployment())) == config
+
+
+def test_self_scrape(config: dict[str, Any]) -> None:
+    assert _job(config, "prometheus")["static_configs"] == [{"targets": ["localhost:9090"]}]
+
+
+@pytest.mark.parametrize("job", ["node", "cadvisor"])
+def test_host_exporters_once_per_single_host(config: dict[str, Any], job: str) -> None:
+    target = {"node": "monitoring-node-exporter:9100", "cadvisor": "monitoring-cadvisor:8080"}
+    assert _job(config, job)["static_configs"] == [
+        {"targets": [target[job]], "labels": {"host": "local"}}
+    ]
+
+
+@pytest.mark.parametrize(("job", "port"), [("node", 9100), ("cadvisor", 8089)])
+def test_host_exporters_once_per_host_multi_host(job: str, port: int) -> None:
+    deployment = multi_host_deployment()
+    assert len(deployment.hosts) == 3
+    entries = _job(prometheus_config(deployment), job)["static_configs"]
+    assert entries == [
+        {"targets": [f"10.0.{slot}.1:{port}"], "labels": {"host": code}}
+        for slot, code in enumerate(PODS, start=1)
+    ]
+
+
+def test_multi_host_pod_targets_use_wireguard_addresses() -> None:
+    entries = _job(prometheus_config(multi_host_deployment()), "redis")["static_configs"]
+    # Host port = podPorts.redisExporter (9121) + slot - 1, on the pod's WireGuard address.
+    assert [entry["targets"] for entry in entries] == [
+        ["10.0.1.1:9121"],
+        ["10.0.2.1:9122"],
+        ["10.0.3.1:9123"],
+    ]
