@@ -14,14 +14,43 @@ from typing import Any
 
 import pulumi
 from pulumi.runtime import config as runtime_config
+from pulumi.runtime.mocks import MockMonitor
 
 from tests.support.stackfile import ROOT
 
 MAIN = ROOT / "__main__.py"
 
 
+SECRET_SIG = "4dabf18193072939515e22adb298388d"  # Pulumi's marker of a secret value
+
+
+def is_secret(value: Any) -> bool:
+    return isinstance(value, dict) and SECRET_SIG in value
+
+
+def unwrap(value: Any) -> Any:
+    """A mock input with its secret marker removed (recursively)."""
+    if is_secret(value):
+        return unwrap(value["value"])
+    if isinstance(value, dict):
+        return {k: unwrap(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [unwrap(v) for v in value]
+    return value
+
+
 def _digest(name: str) -> bytes:
     return hashlib.sha256(name.encode()).digest()
+
+
+@dataclass
+class Options:
+    """Resource options the engine sees (recorded from the register request)."""
+
+    urn: str
+    dependencies: list[str]
+    delete_before_replace: bool
+    retain_on_delete: bool
 
 
 @dataclass
@@ -31,6 +60,7 @@ class Resource:
     inputs: dict[str, Any]
     outputs: dict[str, Any]
     provider: str | None
+    options: Options | None = None
 
 
 @dataclass
@@ -39,6 +69,25 @@ class Graph:
 
     resources: list[Resource] = field(default_factory=list)
     exports: dict[str, Any] = field(default_factory=dict)
+
+    def by_urn(self) -> dict[str, Resource]:
+        return {r.options.urn: r for r in self.resources if r.options is not None}
+
+    def depends_on(self, resource: Resource, other: Resource) -> bool:
+        """Whether `resource` waits for `other`, directly or through other resources."""
+        assert resource.options is not None and other.options is not None
+        index, seen = self.by_urn(), set()
+        pending = list(resource.options.dependencies)
+        while pending:
+            urn = pending.pop()
+            if urn == other.options.urn:
+                return True
+            if urn in seen or urn not in index:
+                continue
+            seen.add(urn)
+            options = index[urn].options
+            pending.extend(options.dependencies if options else [])
+        return False
 
     def of_type(self, type_token: str) -> list[Resource]:
         return [r for r in self.resources if r.type == type_token]
@@ -88,11 +137,33 @@ class GraphMocks(pulumi.runtime.Mocks):
         return {}, []
 
 
-def run_program(config: dict[str, str], stack: str = "dev") -> Graph:
-    """Run the program with `config` (already encoded as Pulumi passes it)."""
-    graph = Graph()
+class RecordingMonitor(MockMonitor):
+    """Records what the mocks do not see: dependencies and lifecycle options."""
+
+    def __init__(self, mocks: GraphMocks) -> None:
+        super().__init__(mocks)
+        self.options: dict[tuple[str, str], Options] = {}
+
+    def RegisterResource(self, request: Any) -> Any:  # noqa: N802 (gRPC method name)
+        response = super().RegisterResource(request)
+        # Registrations run on several threads: key by name, attach after the run.
+        self.options[(request.type, request.name)] = Options(
+            urn=response.urn,
+            dependencies=list(request.dependencies),
+            delete_before_replace=bool(request.deleteBeforeReplace),
+            retain_on_delete=bool(request.retainOnDelete),
+        )
+        return response
+
+
+def run_program(config: dict[str, str], stack: str = "dev", graph: Graph | None = None) -> Graph:
+    """Run the program with `config` (already encoded as Pulumi passes it). Pass `graph` to
+    inspect what was registered even when the program raises."""
+    graph = graph if graph is not None else Graph()
+    mocks = GraphMocks(graph)
+    monitor = RecordingMonitor(mocks)
     pulumi.runtime.set_mocks(
-        GraphMocks(graph), project="unityplan-infra", stack=stack, preview=False
+        mocks, project="unityplan-infra", stack=stack, preview=False, monitor=monitor
     )
     runtime_config.set_all_config(config)
     captured: dict[str, Any] = {}
@@ -111,6 +182,10 @@ def run_program(config: dict[str, str], stack: str = "dev") -> Graph:
         finally:
             pulumi.export = original  # type: ignore[assignment]
 
-    program()
+    try:
+        program()
+    finally:
+        for resource in graph.resources:
+            resource.options = monitor.options.get((resource.type, resource.name))
     graph.exports = captured
     return graph
