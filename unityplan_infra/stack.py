@@ -117,9 +117,7 @@ def _multi_host(
     docker_hosts = {
         name: DockerHost(
             deployment.hosts_by_name[name],
-            docker_host=remote.public_address.apply(
-                lambda address, user=remote.user: f"ssh://{user}@{address}"
-            ),
+            docker_host=pulumi.Output.concat("ssh://", remote.user, "@", remote.public_address),
             config_root=REMOTE_CONFIG_ROOT,
             connection=remote.connection,
             ready=remote.ready,

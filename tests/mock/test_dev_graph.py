@@ -107,8 +107,13 @@ def test_stateful_data_in_retained_named_volumes() -> None:
     graph = dev_graph()
     volumes = {r.inputs["name"]: r for r in graph.of_type("docker:index/volume:Volume")}
     for code in CODES:
-        for kind, path in [("postgres", "/var/lib/postgresql/data"), ("redis", "/data"),
-                           ("nats", "/data"), ("ipfs", "/data/ipfs"), ("matrix", "/data")]:
+        for kind, path in [
+            ("postgres", "/var/lib/postgresql/data"),
+            ("redis", "/data"),
+            ("nats", "/data"),
+            ("ipfs", "/data/ipfs"),
+            ("matrix", "/data"),
+        ]:
             name = f"pod-{code}-{kind}-data"
             assert volumes[name].options and volumes[name].options.retain_on_delete
             mounted = graph.containers()[f"service-{kind}-{code}"].inputs["volumes"]
@@ -196,7 +201,9 @@ def test_redis_commander_knows_every_pod() -> None:
 def test_outputs() -> None:
     exports = dev_graph().exports
     assert set(exports["pods"]) == set(CODES)
-    assert exports["pods"]["no"]["endpoints"]["postgres"] == "postgresql://127.0.0.1:5433/unityplan_no"
+    assert (
+        exports["pods"]["no"]["endpoints"]["postgres"] == "postgresql://127.0.0.1:5433/unityplan_no"
+    )
     assert exports["pods"]["se"]["endpoints"]["nats"] == "nats://127.0.0.1:4224"
     assert exports["urls"]["grafana"] == "http://127.0.0.1:3001"
     assert set(exports["urls"]) >= {"grafana", "prometheus", "jaeger", "traefik", "dashboard"}
@@ -213,7 +220,8 @@ def test_adding_a_pod_changes_no_container_of_existing_pods() -> None:
     )
     old = four_pod_graph().named("dk-nats-config").inputs["stdin"]
     assert "service-nats-fi:6225" in unwrap(old)
-    assert "docker kill --signal HUP service-nats-dk" in four_pod_graph().named(
-        "dk-nats-config"
-    ).inputs["create"]
+    assert (
+        "docker kill --signal HUP service-nats-dk"
+        in four_pod_graph().named("dk-nats-config").inputs["create"]
+    )
     assert pod_container_names("fi") <= set(after)

@@ -114,7 +114,7 @@ def cluster() -> Iterator[Cluster]:
         if (data / "postmaster.pid").exists():
             stop = _as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(data), "-w", "-m", "fast", "stop")
             if _run(stop, check=False).returncode != 0:
-                _run(stop[:-3] + ["-m", "immediate", "stop"], check=False)
+                _run([*stop[:-3], "-m", "immediate", "stop"], check=False)
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -144,7 +144,7 @@ class RecordingMonitor(MockMonitor):
         super().__init__(mocks)
         self.options: dict[tuple[str, str], Options] = {}
 
-    def RegisterResource(self, request: Any) -> Any:  # noqa: N802 (gRPC method name)
+    def RegisterResource(self, request: Any) -> Any:
         response = super().RegisterResource(request)
         # Registrations run on several threads: key by name, attach after the run.
         self.options[(request.type, request.name)] = Options(

@@ -151,8 +151,6 @@ class HetznerHosts(pulumi.ComponentResource):
                 "publicAddress": remote.public_address,
                 "wireguardAddress": peer.address,
                 "wireguardPublicKey": peer.public_key,
-                "ssh": remote.public_address.apply(
-                    lambda address, user=remote.user: f"ssh {user}@{address}"
-                ),
+                "ssh": pulumi.Output.concat("ssh ", remote.user, "@", remote.public_address),
             }
         return {"hosts": hosts}

@@ -109,24 +109,26 @@ class HostAccess:
         """A shell command on this host; runs again whenever `triggers` change."""
         opts = pulumi.ResourceOptions(parent=parent, depends_on=[*self.ready, *depends_on])
         if self.connection is None:
-            return command.local.Command(
+            local: pulumi.CustomResource = command.local.Command(
                 name,
                 create=create,
                 stdin=stdin,
                 triggers=list(triggers or []),
                 environment={"DOCKER_HOST": self.docker_host},
-                logging="stdoutAndStderr",
+                logging=command.local.Logging.STDOUT_AND_STDERR,
                 opts=opts,
             )
-        return command.remote.Command(
+            return local
+        remote: pulumi.CustomResource = command.remote.Command(
             name,
             connection=self.connection,
             create=create,
             stdin=stdin,
             triggers=list(triggers or []),
-            logging="stdoutAndStderr",
+            logging=command.remote.Logging.STDOUT_AND_STDERR,
             opts=opts,
         )
+        return remote
 
     def config_file(
         self,
@@ -194,7 +196,8 @@ def container(
     binds: Sequence[tuple[str, str]] = (),
     depends_on: Sequence[pulumi.Resource] = (),
     public_container_ports: Sequence[int] = (),
-    **extra: object,
+    pid_mode: str | None = None,
+    privileged: bool | None = None,
 ) -> docker.Container:
     """A long-running, named container with the program's standard settings.
 
@@ -251,7 +254,8 @@ def container(
             depends_on=[*host.ready, *depends_on],
             delete_before_replace=True,
         ),
-        **extra,  # type: ignore[arg-type]
+        pid_mode=pid_mode,
+        privileged=privileged,
     )
 
 

@@ -263,7 +263,7 @@ class PodStack(pulumi.ComponentResource):
             password(f"{code}-synapse-macaroon-secret", self),
             password(f"{code}-synapse-form-secret", self),
         ).apply(lambda values: SynapseSecrets(DB_OWNER, *values))
-        homeserver = pulumi.Output.secret(
+        homeserver: pulumi.Output[str] = pulumi.Output.secret(
             secrets.apply(lambda s: render_homeserver_config(deployment, pod, s))
         )
         signing_seed = secret_base64(random_bytes(f"{code}-synapse-signing-key", self))

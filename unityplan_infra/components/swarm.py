@@ -8,6 +8,7 @@ and applied to the running daemon. Adding a pod reruns these commands only.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 
 import pulumi
 
@@ -51,12 +52,10 @@ class IpfsSwarm(pulumi.ComponentResource):
             directory = f"pods/{pod.code}/ipfs"
             peers_json = host.config_file(
                 f"{pod.code}-ipfs-peers", f"{directory}/peers.json",
-                all_ids.apply(lambda ids, p=pod: ipfs_render.render_peers_json(deployment, p, ids)),
+                all_ids.apply(partial(ipfs_render.render_peers_json, deployment, pod)),
                 parent=self,
             )  # fmt: skip
-            peer_list = all_ids.apply(
-                lambda ids, p=pod: ipfs_render.render_peer_list(deployment, p, ids)
-            )
+            peer_list = all_ids.apply(partial(ipfs_render.render_peer_list, deployment, pod))
             peers_txt = host.config_file(
                 f"{pod.code}-ipfs-peer-list", f"{directory}/peers.txt", peer_list, parent=self
             )

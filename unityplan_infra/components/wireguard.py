@@ -77,7 +77,7 @@ class WireGuardPeer(pulumi.ComponentResource):
             create=APPLY_SCRIPT,
             stdin=self.config,
             triggers=[self.config.apply(sha256)],
-            logging="stdoutAndStderr",
+            logging=command.remote.Logging.STDOUT_AND_STDERR,
             opts=pulumi.ResourceOptions(parent=self, depends_on=list(ready)),
         )
         self.register_outputs({"publicKey": self.public_key, "address": self.address})
