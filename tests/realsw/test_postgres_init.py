@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.test_render_prometheus import dev_deployment
+from tests.support.deployments import dev_deployment
 from unityplan_infra.render.postgres import SYNAPSE_DATABASE, postgres_init_sql
 
 pytestmark = pytest.mark.timeout(60)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.unit.test_render_prometheus import dev_deployment, multi_host_deployment
+from tests.support.deployments import dev_deployment, multi_host_deployment
 from unityplan_infra.render.prometheus import (
     prometheus_config,
     render_prometheus_config,

@@ -2,47 +2,19 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from ruamel.yaml import YAML
 
-from unityplan_infra.config.models import StackConfig
+from tests.support.deployments import PODS, dev_deployment, multi_host_deployment
 from unityplan_infra.render.prometheus import (
     prometheus_config,
     render_prometheus_config,
 )
-from unityplan_infra.topology.plan import Deployment, plan_deployment
 
-DEV_STACK = Path(__file__).resolve().parents[2] / "Pulumi.dev.yaml"
-PODS = {"dk": "denmark", "no": "norway", "se": "sweden"}
 EXPORTER_PORTS = {"postgres": 9187, "redis": 9121, "nats": 7777}
-
-
-def dev_deployment() -> Deployment:
-    """The plan of Pulumi.dev.yaml (ruamel: YAML 1.2, so the code "no" stays a string)."""
-    raw = YAML(typ="safe").load(DEV_STACK.read_text())["config"]
-    return plan_deployment(
-        StackConfig.model_validate(
-            {"layout": raw["unityplan-infra:layout"], "pods": raw["unityplan-infra:pods"]}
-        )
-    )
-
-
-def multi_host_deployment() -> Deployment:
-    """The dev pods, one per SSH host: three hosts instead of one."""
-    pods = [
-        {
-            "code": code,
-            "name": name,
-            "slot": slot,
-            "host": {"kind": "ssh", "address": f"192.0.2.{slot}"},
-        }
-        for slot, (code, name) in enumerate(PODS.items(), start=1)
-    ]
-    return plan_deployment(StackConfig.model_validate({"layout": "multi-host", "pods": pods}))
 
 
 def _job(config: dict[str, Any], name: str) -> dict[str, Any]:

@@ -1,0 +1,47 @@
+"""Deployment plans of the repository's stack files, loaded as the program loads them."""
+
+from __future__ import annotations
+
+import copy
+from functools import cache
+from typing import Any
+
+from tests.support.stackfile import as_pulumi_config, stack_values
+from unityplan_infra.config.loader import load_deployment
+from unityplan_infra.topology.plan import Deployment
+
+PODS = {"dk": "denmark", "no": "norway", "se": "sweden"}
+
+
+def deployment_of(values: dict[str, Any]) -> Deployment:
+    return load_deployment(as_pulumi_config(values))
+
+
+@cache
+def dev_deployment() -> Deployment:
+    """The plan of Pulumi.dev.yaml (YAML 1.2: the code "no" stays a string)."""
+    return deployment_of(stack_values("dev"))
+
+
+@cache
+def nordic_deployment() -> Deployment:
+    """The plan of Pulumi.nordic.yaml: three Hetzner hosts."""
+    return deployment_of(stack_values("nordic"))
+
+
+def with_pod(stack: str, pod: dict[str, Any]) -> Deployment:
+    """A stack file's plan with one more pod."""
+    values = copy.deepcopy(stack_values(stack))
+    values["unityplan-infra:pods"].append(pod)
+    return deployment_of(values)
+
+
+@cache
+def multi_host_deployment() -> Deployment:
+    """The dev pods, one per SSH host: three hosts instead of one."""
+    pods = [
+        {"code": code, "name": name, "slot": slot,
+         "host": {"kind": "ssh", "address": f"192.0.2.{slot}"}}
+        for slot, (code, name) in enumerate(PODS.items(), start=1)
+    ]  # fmt: skip
+    return deployment_of({"unityplan-infra:layout": "multi-host", "unityplan-infra:pods": pods})
