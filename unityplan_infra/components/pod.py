@@ -27,6 +27,7 @@ from unityplan_infra.components.mesh import MeshSecrets
 from unityplan_infra.components.secrets import password, random_bytes, secret_base64
 from unityplan_infra.crypto.keys import ipfs_swarm_key, synapse_signing_key
 from unityplan_infra.render import ipfs as ipfs_render
+from unityplan_infra.render import redis as redis_render
 from unityplan_infra.render.nats import render_nats_config
 from unityplan_infra.render.postgres import postgres_init_sql
 from unityplan_infra.render.synapse import (
@@ -141,12 +142,8 @@ class PodStack(pulumi.ComponentResource):
                 bindings=pod.ports_of(pod.service("redis")),
                 networks=networks("redis"),
                 envs=self.redis_password.apply(lambda secret: [f"REDIS_PASSWORD={secret}"]),
-                # The password comes from the environment, not from a stored config file.
-                command_args=[
-                    "sh", "-c",
-                    'exec redis-server --appendonly yes --requirepass "$REDIS_PASSWORD"',
-                ],
-                healthcheck='redis-cli --no-auth-warning -a "$REDIS_PASSWORD" ping | grep -q PONG',
+                command_args=redis_render.COMMAND,
+                healthcheck=redis_render.HEALTHCHECK,
                 volumes=[(volume(pod.volume("redis"), host=host, parent=self), "/data")],
             ),
         )  # fmt: skip

@@ -1,0 +1,12 @@
+"""How a pod's Redis starts and how its health is checked (no config file needed).
+
+The password comes from the container's environment, so it is neither in a stored file nor
+in the container's command line.
+"""
+
+from __future__ import annotations
+
+# Run by `sh -c` in the container; /data (the volume) is the working directory.
+START = 'exec redis-server --appendonly yes --requirepass "$REDIS_PASSWORD"'
+HEALTHCHECK = 'redis-cli --no-auth-warning -a "$REDIS_PASSWORD" ping | grep -q PONG'
+COMMAND = ["sh", "-c", START]
