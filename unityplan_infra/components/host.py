@@ -198,16 +198,19 @@ def container(
     public_container_ports: Sequence[int] = (),
     pid_mode: str | None = None,
     privileged: bool | None = None,
+    resource_name: str | None = None,
 ) -> docker.Container:
     """A long-running, named container with the program's standard settings.
 
     Named containers are deleted before their replacement is created (a fixed name cannot
     exist twice); with a healthcheck, `pulumi up` waits until the service is healthy. Ports
     bind to the host's internal address, except `public_container_ports` (all interfaces).
+    `resource_name` (default: the container name) must be unique in the stack: containers
+    that run once per host share a container name but not a resource name.
     """
     address = bind_address or host.plan.internal_address
     return docker.Container(
-        name,
+        resource_name or name,
         name=name,
         image=host.image(image).image_id,
         restart="unless-stopped",
@@ -323,6 +326,7 @@ class HostExporters(pulumi.ComponentResource):
         images = plan.config.images
         self.node_exporter = container(
             "monitoring-node-exporter",
+            resource_name=f"{plan.name}-monitoring-node-exporter",
             host=host,
             image=images.node_exporter,
             parent=self,
@@ -335,6 +339,7 @@ class HostExporters(pulumi.ComponentResource):
         )
         self.cadvisor = container(
             "monitoring-cadvisor",
+            resource_name=f"{plan.name}-monitoring-cadvisor",
             host=host,
             image=images.cadvisor,
             parent=self,
