@@ -26,6 +26,13 @@ def redis_hosts(deployment: Deployment, passwords: Mapping[str, str]) -> str:
     return ",".join(entries)
 
 
+def postgres_server(deployment: Deployment) -> str:
+    """Adminer's default server: the first pod's PostgreSQL as the monitoring host sees it."""
+    pod = deployment.pods[0]
+    host, port = pod.reach(pod.service("postgres"), "postgres", 5432)
+    return f"{host}:{port}"
+
+
 class DevTools(pulumi.ComponentResource):
     """Developer conveniences; never needed by the pods themselves."""
 
@@ -72,7 +79,7 @@ class DevTools(pulumi.ComponentResource):
             parent=self,
             bindings=plan.ports_of("dev-adminer"),
             networks=networks,
-            envs=[f"ADMINER_DEFAULT_SERVER={deployment.pods[0].service('postgres')}"],
+            envs=[f"ADMINER_DEFAULT_SERVER={postgres_server(deployment)}"],
         )
         container(
             "dev-mailhog",

@@ -43,7 +43,9 @@ def restart(container: str) -> str:
     return if_running(container, f"docker restart {shlex.quote(container)} >/dev/null")
 
 
-def write_file_script(root: str, path: str, reload: str | None, in_place: bool = False) -> str:
+def write_file_script(
+    root: str, path: str, reload: str | None, in_place: bool = False, mode: str = "0644"
+) -> str:
     """Shell: write stdin to `path` atomically (temp file + rename), then reload.
 
     The root stays 0700 (secrets inside); leaf directories are 0755 and files 0644 because
@@ -58,7 +60,7 @@ def write_file_script(root: str, path: str, reload: str | None, in_place: bool =
         f"install -d -m 0755 {shlex.quote(directory)}",
         f"tmp=$(mktemp {shlex.quote(directory)}/.tmp.XXXXXX)",
         'cat > "$tmp"',
-        'chmod 0644 "$tmp"',
+        f'chmod {mode} "$tmp"',
         f'cat "$tmp" > {shlex.quote(path)} && rm -f "$tmp"'
         if in_place
         else f'mv -f "$tmp" {shlex.quote(path)}',
@@ -140,6 +142,7 @@ class HostAccess:
         reload: str | None = None,
         depends_on: Sequence[pulumi.Resource] = (),
         in_place: bool = False,
+        mode: str = "0644",
     ) -> pulumi.CustomResource:
         """Write a file under the config root; rewrite it (and reload) when it changes.
 
@@ -149,7 +152,7 @@ class HostAccess:
         digest = pulumi.Output.from_input(content).apply(sha256)
         return self.run(
             name,
-            create=write_file_script(self.config_root, path, reload, in_place),
+            create=write_file_script(self.config_root, path, reload, in_place, mode),
             stdin=content,
             triggers=[digest],
             parent=parent,

@@ -186,7 +186,7 @@ class PodStack(pulumi.ComponentResource):
         )  # fmt: skip
         init_script = host.config_file(
             f"{code}-ipfs-init", f"pods/{code}/ipfs-init/{ipfs_render.INIT_SCRIPT}",
-            ipfs_render.INIT_SCRIPT_BODY, parent=self,
+            ipfs_render.INIT_SCRIPT_BODY, parent=self, mode="0755",
         )  # fmt: skip
         self._add(
             "ipfs",
@@ -200,7 +200,8 @@ class PodStack(pulumi.ComponentResource):
                 envs=[
                     f"IPFS_SWARM_KEY_FILE={ipfs_render.MOUNT}/swarm.key",
                     "LIBP2P_FORCE_PNET=1",  # refuse to start without the private swarm key
-                    "IPFS_PROFILE=server",  # no local-network discovery, no private dialing
+                    # No IPFS_PROFILE=server: it filters private addresses, and the swarm
+                    # lives on private ones (Docker network, WireGuard).
                 ],
                 healthcheck="ipfs --api=/ip4/127.0.0.1/tcp/5001 id >/dev/null",
                 volumes=[(volume(pod.volume("ipfs"), host=host, parent=self), "/data/ipfs")],
