@@ -98,9 +98,9 @@ def test_pod_services_have_healthcheck_restart_and_delete_before_replace() -> No
             assert container.inputs["healthcheck"]["tests"][0] == "CMD-SHELL", name
             assert container.inputs["wait"] is True, name
             assert container.inputs["restart"] == "unless-stopped", name
-            assert container.options and container.options.delete_before_replace, name
+            assert container.delete_before_replace, name
     for container in containers.values():
-        assert container.options and container.options.delete_before_replace
+        assert container.delete_before_replace, container.name
 
 
 def test_stateful_data_in_retained_named_volumes() -> None:
@@ -115,10 +115,10 @@ def test_stateful_data_in_retained_named_volumes() -> None:
             ("matrix", "/data"),
         ]:
             name = f"pod-{code}-{kind}-data"
-            assert volumes[name].options and volumes[name].options.retain_on_delete
+            assert volumes[name].retain_on_delete, name
             mounted = graph.containers()[f"service-{kind}-{code}"].inputs["volumes"]
             assert {"volumeName": name, "containerPath": path} in mounted
-    assert all(v.options and v.options.retain_on_delete for v in volumes.values())
+    assert all(v.retain_on_delete for v in volumes.values())
 
 
 def test_images_are_pinned() -> None:

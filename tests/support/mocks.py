@@ -1,7 +1,11 @@
 """Run `__main__.py` under Pulumi mocks and capture the resource graph.
 
-Provider-computed outputs get deterministic fake values (random results derived from the
-resource name), so derived keys are stable across runs and differ between resources.
+Every registration is recorded as the engine would receive it: type, name, inputs, the
+outputs the mocks answer, ID, URN, provider, the URNs it waits for and its lifecycle
+options. Provider-computed outputs get deterministic fake values derived from the resource
+name alone, so derived keys are stable across runs (whatever order the SDK's worker threads
+register in) and differ between resources. The stack's exports are resolved to plain values,
+each export's secret marking kept beside it.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import runpy
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,75 +24,72 @@ from pulumi.runtime.mocks import MockMonitor
 from tests.support.stackfile import ROOT
 
 MAIN = ROOT / "__main__.py"
+STACK_TYPE = "pulumi:pulumi:Stack"
+CONTAINER_TYPE = "docker:index/container:Container"
 
-
-SECRET_SIG = "4dabf18193072939515e22adb298388d"  # Pulumi's marker of a secret value
+# How the mock monitor hands a secret to `Mocks.new_resource`: {SIG_KEY: SECRET_SIG, "value": …}.
+SIG_KEY = "4dabf18193072939515e22adb298388d"
+SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"
 
 
 def is_secret(value: Any) -> bool:
-    return isinstance(value, dict) and SECRET_SIG in value
+    """Whether a mock input is a secret-wrapped value."""
+    return isinstance(value, dict) and value.get(SIG_KEY) == SECRET_SIG
 
 
 def unwrap(value: Any) -> Any:
-    """A mock input with its secret marker removed (recursively)."""
+    """`value` with every secret wrapper (at any depth) replaced by what it wraps."""
     if is_secret(value):
         return unwrap(value["value"])
     if isinstance(value, dict):
-        return {k: unwrap(v) for k, v in value.items()}
+        return {key: unwrap(item) for key, item in value.items()}
     if isinstance(value, list):
-        return [unwrap(v) for v in value]
+        return [unwrap(item) for item in value]
     return value
-
-
-def _digest(name: str) -> bytes:
-    return hashlib.sha256(name.encode()).digest()
-
-
-@dataclass
-class Options:
-    """Resource options the engine sees (recorded from the register request)."""
-
-    urn: str
-    dependencies: list[str]
-    delete_before_replace: bool
-    retain_on_delete: bool
 
 
 @dataclass
 class Resource:
+    """One RegisterResource request, with what the mocks answered for it."""
+
     type: str
     name: str
     inputs: dict[str, Any]
     outputs: dict[str, Any]
+    id: str
+    urn: str
+    custom: bool
     provider: str | None
-    options: Options | None = None
+    """"<provider urn>::<provider id>"; None when the resource uses the default provider."""
+    dependencies: list[str]
+    """URNs of `depends_on` and of every resource an input comes from (the SDK merges both)."""
+    property_dependencies: dict[str, list[str]]
+    delete_before_replace: bool
+    retain_on_delete: bool
+
+    @property
+    def provider_urn(self) -> str | None:
+        return self.provider.rsplit("::", 1)[0] if self.provider else None
+
+    def edges(self) -> set[str]:
+        """URNs this resource waits for: depends_on, inputs from others, its provider."""
+        found = set(self.dependencies)
+        for urns in self.property_dependencies.values():
+            found |= set(urns)
+        if self.provider_urn:
+            found.add(self.provider_urn)
+        return found
 
 
 @dataclass
 class Graph:
-    """What one program run registered."""
+    """What one program run registered (duplicates included) and exported."""
 
     resources: list[Resource] = field(default_factory=list)
     exports: dict[str, Any] = field(default_factory=dict)
-
-    def by_urn(self) -> dict[str, Resource]:
-        return {r.options.urn: r for r in self.resources if r.options is not None}
-
-    def depends_on(self, resource: Resource, other: Resource) -> bool:
-        """Whether `resource` waits for `other`, directly or through other resources."""
-        assert resource.options is not None and other.options is not None
-        index, seen = self.by_urn(), set()
-        pending = list(resource.options.dependencies)
-        while pending:
-            urn = pending.pop()
-            if urn == other.options.urn:
-                return True
-            if urn in seen or urn not in index:
-                continue
-            seen.add(urn)
-            options = index[urn].options
-            pending.extend(options.dependencies if options else [])
-        return False
+    """Exports resolved to plain values (secrets unwrapped); empty if the program failed."""
+    secret_exports: dict[str, bool] = field(default_factory=dict)
+    """Whether each top-level export is marked secret."""
 
     def of_type(self, type_token: str) -> list[Resource]:
         return [r for r in self.resources if r.type == type_token]
@@ -97,95 +99,192 @@ class Graph:
         return found
 
     def containers(self) -> dict[str, Resource]:
-        return {r.inputs["name"]: r for r in self.of_type("docker:index/container:Container")}
+        """Docker containers by container name (names repeat across hosts in multi-host)."""
+        return {r.inputs["name"]: r for r in self.of_type(CONTAINER_TYPE)}
+
+    def by_urn(self) -> dict[str, list[Resource]]:
+        """Registrations by URN; a URN registered twice (the engine rejects it) lists both."""
+        index: dict[str, list[Resource]] = {}
+        for resource in self.resources:
+            index.setdefault(resource.urn, []).append(resource)
+        return index
+
+    def ancestors(self, resource: Resource) -> set[str]:
+        """Every URN `resource` waits for, directly or transitively."""
+        index = self.by_urn()
+        seen = resource.edges()
+        todo = list(seen)
+        while todo:
+            for current in index.get(todo.pop(), []):
+                for edge in current.edges() - seen:
+                    seen.add(edge)
+                    todo.append(edge)
+        return seen
+
+    def depends_on(self, resource: Resource, other: Resource) -> bool:
+        """Whether `resource` waits for `other`, directly or through other resources."""
+        return other.urn in self.ancestors(resource)
+
+
+def _digest(name: str) -> bytes:
+    return hashlib.sha256(name.encode()).digest()
+
+
+def fake_outputs(type_token: str, name: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    """Inputs plus the outputs a provider would compute, derived from the name alone."""
+    outputs = dict(inputs)
+    seed = _digest(name)
+    if type_token == "random:index/randomPassword:RandomPassword":
+        outputs["result"] = base64.b32encode(seed).decode().rstrip("=")[: int(inputs["length"])]
+    elif type_token == "random:index/randomBytes:RandomBytes":
+        raw = (seed * 4)[: int(inputs["length"])]
+        outputs |= {"base64": base64.b64encode(raw).decode(), "hex": raw.hex()}
+    elif type_token == "tls:index/privateKey:PrivateKey":
+        outputs["privateKeyPem"] = f"-----BEGIN PRIVATE KEY-----\n{seed.hex()}\n"
+    elif type_token == "tls:index/selfSignedCert:SelfSignedCert":
+        outputs["certPem"] = f"-----BEGIN CERTIFICATE-----\n{seed.hex()}\n"
+    elif type_token == "hcloud:index/server:Server":
+        # 198.18.0.0/15 (RFC 2544): by name, not by arrival order, so runs agree.
+        outputs["ipv4Address"] = f"198.{18 + seed[0] % 2}.{seed[1]}.{1 + seed[2] % 254}"
+    elif type_token.startswith("command:"):
+        outputs["stdout"] = "12D3KooW" + base64.b32encode(seed).decode()[:44]
+    elif type_token == "docker:index/remoteImage:RemoteImage":
+        outputs["imageId"] = f"sha256:{seed.hex()}"
+    return outputs
+
+
+def fake_id(type_token: str, name: str) -> str:
+    if type_token.startswith("hcloud:"):
+        # Hetzner IDs are numbers; the program converts some of them with int().
+        return str(int.from_bytes(_digest(name)[:3], "big"))
+    return f"{name}-id"
 
 
 class GraphMocks(pulumi.runtime.Mocks):
-    def __init__(self, graph: Graph) -> None:
-        self.graph = graph
-        self.server_count = 0
+    """Answers registrations with fake outputs and leaves each answer for the monitor.
+
+    `new_resource` runs inside `MockMonitor.RegisterResource`, on the thread that registers:
+    the answer waits in that thread's storage under (type, name) until the monitor takes it.
+    """
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def _answers(self) -> dict[tuple[str, str], tuple[dict[str, Any], dict[str, Any]]]:
+        answers: dict[tuple[str, str], tuple[dict[str, Any], dict[str, Any]]] | None
+        answers = getattr(self._local, "answers", None)
+        if answers is None:
+            answers = self._local.answers = {}
+        return answers
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
-        outputs = dict(args.inputs)
-        seed = _digest(args.name)
-        if args.typ == "random:index/randomPassword:RandomPassword":
-            outputs["result"] = (
-                base64.b32encode(seed).decode().rstrip("=")[: int(args.inputs["length"])]
-            )
-        elif args.typ == "random:index/randomBytes:RandomBytes":
-            raw = (seed * 4)[: int(args.inputs["length"])]
-            outputs |= {"base64": base64.b64encode(raw).decode(), "hex": raw.hex()}
-        elif args.typ == "tls:index/privateKey:PrivateKey":
-            outputs["privateKeyPem"] = f"-----BEGIN PRIVATE KEY-----\n{seed.hex()}\n"
-        elif args.typ == "tls:index/selfSignedCert:SelfSignedCert":
-            outputs["certPem"] = f"-----BEGIN CERTIFICATE-----\n{seed.hex()}\n"
-        elif args.typ == "hcloud:index/server:Server":
-            self.server_count += 1
-            outputs["ipv4Address"] = f"203.0.113.{10 + self.server_count}"
-        elif args.typ.startswith("command:"):
-            outputs["stdout"] = "12D3KooW" + base64.b32encode(seed).decode()[:44]
-        elif args.typ == "docker:index/remoteImage:RemoteImage":
-            outputs["imageId"] = f"sha256:{seed.hex()}"
-        resource = Resource(args.typ, args.name, dict(args.inputs), outputs, args.provider)
-        self.graph.resources.append(resource)
-        if args.typ.startswith("hcloud:"):
-            # Hetzner IDs are numbers; the program converts some of them with int().
-            return str(int.from_bytes(seed[:3], "big")), outputs
-        return f"{args.name}-id", outputs
+        outputs = fake_outputs(args.typ, args.name, args.inputs)
+        self._answers()[(args.typ, args.name)] = (dict(args.inputs), outputs)
+        return fake_id(args.typ, args.name), outputs
+
+    def take(self, type_token: str, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Inputs and outputs of the registration of (type, name) this thread just made."""
+        return self._answers().pop((type_token, name))
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[Any]]:
         return {}, []
 
 
 class RecordingMonitor(MockMonitor):
-    """Records what the mocks do not see: dependencies and lifecycle options."""
+    """The SDK's mock monitor, recording every registration (duplicates included) in a Graph.
 
-    def __init__(self, mocks: GraphMocks) -> None:
+    The SDK calls it from several worker threads. Each record pairs a request with the mocks'
+    answer by (type, name) on the calling thread (never by position in a shared list), and is
+    appended under a lock.
+    """
+
+    def __init__(self, mocks: GraphMocks, graph: Graph) -> None:
         super().__init__(mocks)
-        self.options: dict[tuple[str, str], Options] = {}
+        self.answers = mocks
+        self.graph = graph
+        self._lock = threading.Lock()
 
     def RegisterResource(self, request: Any) -> Any:
-        response = super().RegisterResource(request)
-        # Registrations run on several threads: key by name, attach after the run.
-        self.options[(request.type, request.name)] = Options(
+        response = super().RegisterResource(request)  # type: ignore[no-untyped-call]
+        if request.type == STACK_TYPE:  # answered by the monitor, not the mocks
+            return response
+        inputs, outputs = self.answers.take(request.type, request.name)
+        resource = Resource(
+            type=request.type,
+            name=request.name,
+            inputs=inputs,
+            outputs=outputs,
+            id=response.id,
             urn=response.urn,
+            custom=bool(request.custom),
+            provider=request.provider or None,
             dependencies=list(request.dependencies),
+            property_dependencies={
+                key: list(deps.urns) for key, deps in request.propertyDependencies.items()
+            },
             delete_before_replace=bool(request.deleteBeforeReplace),
             retain_on_delete=bool(request.retainOnDelete),
         )
+        with self._lock:
+            self.graph.resources.append(resource)
         return response
+
+    def sort_records(self) -> None:
+        """Order the records by URN: the threads' order of registration varies between runs."""
+        with self._lock:
+            self.graph.resources.sort(key=lambda resource: (resource.urn, resource.id))
 
 
 def run_program(config: dict[str, str], stack: str = "dev", graph: Graph | None = None) -> Graph:
     """Run the program with `config` (already encoded as Pulumi passes it). Pass `graph` to
     inspect what was registered even when the program raises."""
     graph = graph if graph is not None else Graph()
-    mocks = GraphMocks(graph)
-    monitor = RecordingMonitor(mocks)
+    mocks = GraphMocks()
+    monitor = RecordingMonitor(mocks, graph)
     pulumi.runtime.set_mocks(
         mocks, project="unityplan-infra", stack=stack, preview=False, monitor=monitor
     )
     runtime_config.set_all_config(config)
     captured: dict[str, Any] = {}
+    resolved: dict[str, Any] = {}
+    secret: dict[str, bool] = {}
 
-    @pulumi.runtime.test
-    def program() -> None:
+    @pulumi.runtime.test  # type: ignore[untyped-decorator]
+    def program() -> pulumi.Output[Any]:
         original = pulumi.export
 
         def export(name: str, value: Any) -> None:
             captured[name] = value
             original(name, value)
 
-        pulumi.export = export  # type: ignore[assignment]
+        pulumi.export = export
         try:
             runpy.run_path(str(MAIN), run_name="__main__")
         finally:
-            pulumi.export = original  # type: ignore[assignment]
+            pulumi.export = original
+
+        def store(values: list[Any]) -> None:
+            for name, value, marked in values:
+                resolved[name] = value
+                secret[name] = marked
+
+        # Output.all resolves nested dicts and lists of Outputs; `unsecret` lets the test
+        # read the values while `is_secret` keeps the marking.
+        return pulumi.Output.all(
+            *(
+                pulumi.Output.all(
+                    name,
+                    pulumi.Output.unsecret(pulumi.Output.from_input(value)),
+                    pulumi.Output.from_input(value).is_secret(),
+                )
+                for name, value in captured.items()
+            )
+        ).apply(store)
 
     try:
         program()
     finally:
-        for resource in graph.resources:
-            resource.options = monitor.options.get((resource.type, resource.name))
-    graph.exports = captured
+        monitor.sort_records()
+    graph.exports = resolved
+    graph.secret_exports = secret
     return graph

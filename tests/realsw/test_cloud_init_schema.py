@@ -1,0 +1,80 @@
+"""The servers' cloud-config passes the real `cloud-init schema` check.
+
+A server's user data is applied once, at first boot, and changing it replaces the server:
+an invalid key would only show as a half-configured host. `cloud-init schema --config-file`
+(the Debian package's cloud-init) validates it here instead.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from unityplan_infra.render.cloudinit import DOCKER_IMAGE, cloud_config, render_cloud_config
+
+pytestmark = pytest.mark.timeout(60)
+
+CLOUD_INIT = shutil.which("cloud-init") or "/usr/bin/cloud-init"
+IMAGES = [DOCKER_IMAGE, "ubuntu-24.04"]
+
+
+def schema_check(path: Path) -> subprocess.CompletedProcess[str]:
+    """Run `cloud-init schema --config-file <path>`; stdout and stderr merged."""
+    return subprocess.run(
+        [CLOUD_INIT, "schema", "--config-file", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def write_config(directory: Path, config: dict[str, Any]) -> Path:
+    path = directory / "user-data.yaml"
+    path.write_text("#cloud-config\n" + yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize("image", IMAGES)
+def test_generated_cloud_config_is_valid(tmp_path: Path, image: str) -> None:
+    path = tmp_path / "user-data.yaml"
+    path.write_text(render_cloud_config(image))
+    result = schema_check(path)
+    assert result.returncode == 0, result.stdout
+    assert f"Valid cloud-config: {path}" in result.stdout
+
+
+def test_docker_comes_from_the_image_or_the_package() -> None:
+    # What the schema cannot know: the plain image needs Docker installed; both need WireGuard.
+    assert "docker.io" not in cloud_config(DOCKER_IMAGE)["packages"]
+    assert "docker.io" in cloud_config("ubuntu-24.04")["packages"]
+    for image in IMAGES:
+        assert {"wireguard", "wireguard-tools"} <= set(cloud_config(image)["packages"])
+
+
+@pytest.mark.parametrize(
+    ("mutate", "error"),
+    [
+        (lambda c: c.update(packages="wireguard"), "packages: 'wireguard' is not of type 'array'"),
+        (
+            lambda c: c["write_files"][0].update(permissions=0o644),
+            "write_files.0.permissions: 420 is not of type 'string'",
+        ),
+        (lambda c: c.update(package_update="yes"), "package_update: 'yes' is not of type"),
+    ],
+    ids=["packages-not-a-list", "permissions-not-a-string", "package-update-not-a-bool"],
+)
+def test_schema_check_rejects_a_wrong_type(tmp_path: Path, mutate: Any, error: str) -> None:
+    # Negative control: the same command must fail on a broken config, or passing means nothing.
+    config = cloud_config(DOCKER_IMAGE)
+    mutate(config)
+    result = schema_check(write_config(tmp_path, config))
+    assert result.returncode != 0, result.stdout
+    assert "Valid cloud-config" not in result.stdout
+    assert error in result.stdout
