@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 import pulumi
 
-from unityplan_infra.components.host import Attachment, HostAccess, container
+from unityplan_infra.components.host import HostAccess, container, stack_networks
 from unityplan_infra.components.pod import PodStack
 from unityplan_infra.render.dashboard import render_dashboard
 from unityplan_infra.topology.plan import Deployment
@@ -53,9 +53,7 @@ class DevTools(pulumi.ComponentResource):
         plan = host.plan
         self.urls = {k: v for k, v in plan.endpoints().items()
                      if k in ("dashboard", "adminer", "mailhog", "redisCommander")}  # fmt: skip
-        networks = [Attachment(global_network)]
-        if mesh_network is not None:
-            networks.append(Attachment(mesh_network))
+        networks = stack_networks(global_network, mesh_network)
 
         page = host.config_file(
             "dev-dashboard-page", "dev/dashboard/index.html", render_dashboard(deployment),

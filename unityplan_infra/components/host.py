@@ -183,6 +183,16 @@ class Attachment:
     aliases: Sequence[str] = ()
 
 
+def stack_networks(
+    global_network: pulumi.Input[str], mesh_network: pulumi.Input[str] | None
+) -> list[Attachment]:
+    """Where monitoring and dev tools sit: the global net, plus the mesh on a single host."""
+    attached = [Attachment(global_network)]
+    if mesh_network is not None:
+        attached.append(Attachment(mesh_network))
+    return attached
+
+
 def container(
     name: str,
     *,

@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import pulumi
 
-from unityplan_infra.components.host import Attachment, HostAccess, container, signal_reload, volume
+from unityplan_infra.components.host import (
+    HostAccess,
+    container,
+    signal_reload,
+    stack_networks,
+    volume,
+)
 from unityplan_infra.components.secrets import password
 from unityplan_infra.render.grafana import render_datasources
 from unityplan_infra.render.prometheus import render_prometheus_config
@@ -39,9 +45,7 @@ class MonitoringStack(pulumi.ComponentResource):
         plan = host.plan
         self.urls = {k: v for k, v in plan.endpoints().items()
                      if k in ("grafana", "prometheus", "jaeger", "traefik")}  # fmt: skip
-        networks = [Attachment(global_network)]
-        if mesh_network is not None:
-            networks.append(Attachment(mesh_network))
+        networks = stack_networks(global_network, mesh_network)
 
         prometheus_file = host.config_file(
             "prometheus-config", "monitoring/prometheus/prometheus.yml",

@@ -311,60 +311,36 @@ class PodStack(pulumi.ComponentResource):
         ]  # fmt: skip
 
     def _exporters(self, attach: Callable[..., list[Attachment]]) -> None:
-        pod, host, images = self._pod, self._host, self._deployment.config.images
+        """One exporter per stateful service; each sits beside the service it watches."""
+        pod, images = self._pod, self._deployment.config.images
         postgres_dsn = f"{pod.service('postgres')}:5432/{pod.database}?sslmode=disable"
-        self._add(
-            "postgres-exporter",
-            container(
-                pod.exporter("postgres"),
-                host=host,
-                image=images.postgres_exporter,
-                parent=self,
-                bindings=pod.ports_of(pod.exporter("postgres")),
-                networks=attach(),
-                envs=self.postgres_password.apply(
-                    lambda secret: [
-                        f"DATA_SOURCE_URI={postgres_dsn}",
-                        f"DATA_SOURCE_USER={DB_OWNER}",
-                        f"DATA_SOURCE_PASS={secret}",
-                    ]
-                ),
-                healthcheck="wget -q -O /dev/null http://127.0.0.1:9187/metrics",
-                depends_on=[self.containers["postgres"]],
-            ),
-        )
-        self._add(
-            "redis-exporter",
-            container(
-                pod.exporter("redis"),
-                host=host,
-                image=images.redis_exporter,
-                parent=self,
-                bindings=pod.ports_of(pod.exporter("redis")),
-                networks=attach(),
-                envs=self.redis_password.apply(
-                    lambda secret: [
-                        f"REDIS_ADDR=redis://{pod.service('redis')}:6379",
-                        f"REDIS_PASSWORD={secret}",
-                    ]
-                ),
-                healthcheck="wget -q -O /dev/null http://127.0.0.1:9121/metrics",
-                depends_on=[self.containers["redis"]],
-            ),
-        )
         monitor = f"http://{pod.service('nats')}:{pod.nats_ports['monitor']}"
-        self._add(
-            "nats-exporter",
-            container(
-                pod.exporter("nats"),
-                host=host,
-                image=images.nats_exporter,
-                parent=self,
-                bindings=pod.ports_of(pod.exporter("nats")),
-                networks=attach(),
-                command_args=["-varz", "-connz", "-routez", "-subz", "-jsz=all",
-                              "-port=7777", monitor],
-                healthcheck="wget -q -O /dev/null http://127.0.0.1:7777/metrics",
-                depends_on=[self.containers["nats"]],
-            ),
-        )  # fmt: skip
+        exporters: list[tuple[str, str, int, pulumi.Input[list[str]] | None, list[str] | None]] = [
+            ("postgres", images.postgres_exporter, 9187,
+             self.postgres_password.apply(lambda secret: [
+                 f"DATA_SOURCE_URI={postgres_dsn}", f"DATA_SOURCE_USER={DB_OWNER}",
+                 f"DATA_SOURCE_PASS={secret}"]),
+             None),
+            ("redis", images.redis_exporter, 9121,
+             self.redis_password.apply(lambda secret: [
+                 f"REDIS_ADDR=redis://{pod.service('redis')}:6379", f"REDIS_PASSWORD={secret}"]),
+             None),
+            ("nats", images.nats_exporter, 7777, None,
+             ["-varz", "-connz", "-routez", "-subz", "-jsz=all", "-port=7777", monitor]),
+        ]  # fmt: skip
+        for kind, image, port, envs, args in exporters:
+            self._add(
+                f"{kind}-exporter",
+                container(
+                    pod.exporter(kind),
+                    host=self._host,
+                    image=image,
+                    parent=self,
+                    bindings=pod.ports_of(pod.exporter(kind)),
+                    networks=attach(),
+                    envs=envs,
+                    command_args=args,
+                    healthcheck=f"wget -q -O /dev/null http://127.0.0.1:{port}/metrics",
+                    depends_on=[self.containers[kind]],
+                ),
+            )
