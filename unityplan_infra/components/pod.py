@@ -78,10 +78,12 @@ class PodStack(pulumi.ComponentResource):
             ),
         )
 
-        def networks(*aliases: str) -> list[Attachment]:
+        def networks(*aliases: str, mesh_aliases: Sequence[str] = ()) -> list[Attachment]:
+            # Short aliases (`postgres`) only on the pod network: on the mesh they would
+            # clash between pods. Docker resolves an alias only on its own network.
             attached = [Attachment(network.name, aliases)]
             if mesh_network is not None:
-                attached.append(Attachment(mesh_network))
+                attached.append(Attachment(mesh_network, mesh_aliases))
             return attached
 
         self.postgres_password = password(f"{code}-postgres-password", self)
@@ -223,7 +225,8 @@ class PodStack(pulumi.ComponentResource):
                 image=images.matrix,
                 parent=self,
                 bindings=pod.ports_of(pod.service("matrix")),
-                networks=networks("matrix", pod.matrix_server_name),
+                # Peers federate with <code>.<matrixDomain>: resolvable on the mesh.
+                networks=networks("matrix", mesh_aliases=[pod.matrix_server_name]),
                 envs=["SYNAPSE_CONFIG_PATH=/config/homeserver.yaml"],
                 healthcheck="curl -fsS http://127.0.0.1:8008/health >/dev/null",
                 volumes=[(volume(pod.volume("matrix"), host=host, parent=self), "/data")],

@@ -180,7 +180,7 @@ class Images(Model):
     redis: str = "redis:7.4.1-alpine"
     nats: str = "nats:2.10.24-alpine"
     ipfs: str = "ipfs/kubo:v0.32.1"
-    matrix: str = "matrixdotorg/synapse:v1.121.1"
+    matrix: str = "matrixdotorg/synapse:v1.163.2"  # = the tested matrix-synapse
     postgres_exporter: str = "quay.io/prometheuscommunity/postgres-exporter:v0.16.0"
     redis_exporter: str = "oliver006/redis_exporter:v1.67.0-alpine"
     nats_exporter: str = "natsio/prometheus-nats-exporter:0.16.0"

@@ -151,8 +151,18 @@ class PodPlan:
         return self.reach(self.service("ipfs"), "ipfs_swarm", 4001)
 
     @property
+    def federation_host_port(self) -> int:
+        """Multi-host: the base port itself. Server names carry no port, so peers dial 8448
+        (one pod per host, no clash); single-host: base + slot - 1 like every other port."""
+        if self.multi_host:
+            return self.config.pod_ports.matrix_federation
+        return self.host_port("matrix_federation")
+
+    @property
     def matrix_federation(self) -> tuple[str, int]:
-        return self.reach(self.service("matrix"), "matrix_federation", 8448)
+        if self.multi_host:
+            return str(self.vpn_address), self.federation_host_port
+        return self.service("matrix"), 8448
 
     def exporter_target(self, kind: str) -> str:
         container_port = {"postgres": 9187, "redis": 9121, "nats": 7777}[kind]
@@ -197,7 +207,7 @@ class PodPlan:
             bind(ipfs, "ipfs_swarm", 4001, "udp"),
             bind(ipfs, "ipfs_gateway", 8080),
             bind(matrix, "matrix", 8008),
-            bind(matrix, "matrix_federation", 8448),
+            PortBinding(matrix, self.federation_host_port, 8448, "podPorts.matrixFederation"),
             bind(self.exporter("postgres"), "postgres_exporter", 9187),
             bind(self.exporter("redis"), "redis_exporter", 9121),
             bind(self.exporter("nats"), "nats_exporter", 7777),
