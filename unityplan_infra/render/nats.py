@@ -45,7 +45,9 @@ def nats_config(
         "http_port": ports["monitor"],
         "client_advertise": f"{host}:{ports['client']}",
         "server_tags": [pod.territory_tag, f"pod:{pod.pod.name}"],
-        "authorization": {"user": CLIENT_USER, "password": client_password},
+        # A `users` list, not a single user/password: with the latter, nats-server closes
+        # every client connection on each reload (measured in tests/integration).
+        "authorization": {"users": [{"user": CLIENT_USER, "password": client_password}]},
         "jetstream": {"store_dir": store_dir},
         "cluster": {
             "name": CLUSTER_NAME,

@@ -80,6 +80,10 @@ if ip link show wg0 >/dev/null 2>&1; then
   wg-quick strip wg0 > /run/wg0.stripped
   wg syncconf wg0 /run/wg0.stripped
   rm -f /run/wg0.stripped
+  # wg-quick routes peers' AllowedIPs only at `up`; a peer added live needs its route.
+  for network in $(wg show wg0 allowed-ips | cut -f2); do
+    ip route replace "$network" dev wg0
+  done
 else
   systemctl start wg-quick@wg0
 fi
