@@ -49,6 +49,14 @@ def _differs(current: dict[str, Any], desired: dict[str, Any]) -> bool:
     return any(current.get(key) != desired.get(key) for key in MANAGED_FIELDS if key in desired)
 
 
+class _Transient(RuntimeError):
+    """A state that passes with time; `attempted` is the change that may have happened."""
+
+    def __init__(self, text: str, attempted: str | None = None) -> None:
+        super().__init__(text)
+        self.attempted = attempted
+
+
 async def ensure_stream(nc: Client, desired: dict[str, Any]) -> str:
     """Make one stream match `desired`; return what was done."""
     name = desired["name"]
@@ -62,14 +70,14 @@ async def ensure_stream(nc: Client, desired: dict[str, Any]) -> str:
         action, subject = "updated", f"STREAM.UPDATE.{name}"
     else:
         return "unchanged"
-    result = await _api(nc, subject, desired)
+    try:
+        result = await _api(nc, subject, desired)
+    except (NoRespondersError, NatsTimeoutError) as lost:
+        # The server may have applied the change before the reply was lost.
+        raise _Transient(f"stream {name}: no reply to {subject}", attempted=action) from lost
     if "error" in result:
         raise _transient_or_fatal(name, result["error"])
     return action
-
-
-class _Transient(RuntimeError):
-    pass
 
 
 def _transient_or_fatal(name: str, error: dict[str, Any]) -> Exception:
@@ -88,11 +96,15 @@ async def ensure_streams(
     deadline = time.monotonic() + deadline_seconds
     done: dict[str, str] = {}
     for desired in streams:
+        attempted: str | None = None
         while True:
             try:
-                done[desired["name"]] = await ensure_stream(nc, desired)
+                action = await ensure_stream(nc, desired)
+                # A retry that finds the stream as wanted reports the change it completed.
+                done[desired["name"]] = attempted if action == "unchanged" and attempted else action
                 break
             except (_Transient, NoRespondersError, NatsTimeoutError) as error:
+                attempted = getattr(error, "attempted", None) or attempted
                 if time.monotonic() > deadline:
                     raise StreamError(f"gave up after {deadline_seconds}s: {error}") from error
                 await asyncio.sleep(1.0)

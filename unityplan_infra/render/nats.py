@@ -49,6 +49,9 @@ def nats_config(
         # every client connection on each reload (measured in tests/integration).
         "authorization": {"users": [{"user": CLIENT_USER, "password": client_password}]},
         "jetstream": {"store_dir": store_dir},
+        # Notice a dead peer (a cut WAN link) in ~30 s instead of the default 2 min x 2.
+        "ping_interval": "10s",
+        "ping_max": 3,
         "cluster": {
             "name": CLUSTER_NAME,
             "port": ports["cluster"],
