@@ -269,6 +269,22 @@ class NetnsLab:
     def host(self, host: Host | str) -> Host:
         return host if isinstance(host, Host) else self.hosts[host]
 
+    def leaks(self) -> list[str]:
+        """Ways out of the lab, if any: routes beyond the lab subnet, an IPv6 default
+        route, or a public address that is not refused locally. Empty: the lab is sealed."""
+        found: list[str] = []
+        for host in self.hosts.values():
+            routes = self.run(host, ["ip", "-4", "route", "show"]).stdout.splitlines()
+            found += [f"{host.name}: {r}" for r in routes if not r.startswith(str(self.subnet))]
+            default6 = self.run(host, ["ip", "-6", "route", "show", "default"]).stdout.strip()
+            if default6:
+                found.append(f"{host.name}: {default6}")
+            # A documentation address (TEST-NET-1): refused at once, no packet leaves.
+            ping = self.run(host, ["ping", "-n", "-c", "1", "-W", "1", "192.0.2.1"], check=False)
+            if ping.returncode == 0 or "unreachable" not in ping.stderr.lower():
+                found.append(f"{host.name}: 192.0.2.1 not refused locally ({ping.stderr.strip()})")
+        return found
+
     def ifname(self, host: Host | str, base: str) -> str:
         """An interface name unique across namespaces, labs and runs (for wireguard-go)."""
         name = f"{base}-{os.getpid():x}-{self.sequence:x}-{self.host(host).index:x}"

@@ -72,7 +72,8 @@ def test_nine_pod_exporter_targets(config: dict[str, Any]) -> None:
 
 def test_norway_territory_survives_yaml_as_a_string() -> None:
     text = render_prometheus_config(dev_deployment())
-    # PyYAML's safe_load reads YAML 1.1 like Prometheus's Go parser: an unquoted no is false.
+    # Deliberately a YAML 1.1 reader (PyYAML) as well: the emitted file must keep "no" a
+    # string for any YAML tool an operator points at it, not only for Prometheus.
     for loaded in (yaml.safe_load(text), YAML(typ="safe").load(text)):
         norway = [
             entry
@@ -89,7 +90,7 @@ def test_norway_territory_survives_yaml_as_a_string() -> None:
 
 
 def test_rendered_text_round_trips(config: dict[str, Any]) -> None:
-    assert yaml.safe_load(render_prometheus_config(dev_deployment())) == config
+    assert YAML(typ="safe").load(render_prometheus_config(dev_deployment())) == config
 
 
 def test_self_scrape(config: dict[str, Any]) -> None:

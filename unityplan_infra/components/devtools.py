@@ -51,8 +51,7 @@ class DevTools(pulumi.ComponentResource):
         super().__init__("unityplan:infra:DevTools", "dev-tools", None, opts)
         images = deployment.config.images
         plan = host.plan
-        self.urls = {k: v for k, v in plan.endpoints().items()
-                     if k in ("dashboard", "adminer", "mailhog", "redisCommander")}  # fmt: skip
+        self.urls = plan.dev_tool_urls()
         networks = stack_networks(global_network, mesh_network)
 
         page = host.config_file(

@@ -43,8 +43,7 @@ class MonitoringStack(pulumi.ComponentResource):
         super().__init__("unityplan:infra:MonitoringStack", "monitoring", None, opts)
         images = deployment.config.images
         plan = host.plan
-        self.urls = {k: v for k, v in plan.endpoints().items()
-                     if k in ("grafana", "prometheus", "jaeger", "traefik")}  # fmt: skip
+        self.urls = plan.monitoring_urls()
         networks = stack_networks(global_network, mesh_network)
 
         prometheus_file = host.config_file(

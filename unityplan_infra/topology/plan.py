@@ -295,28 +295,33 @@ class HostPlan:
     def ports_of(self, container: str) -> list[PortBinding]:
         return [binding for binding in self.bindings() if binding.container == container]
 
+    def monitoring_urls(self) -> dict[str, str]:
+        """URLs of the monitoring stack, where this host runs it."""
+        if not (self.runs_monitoring and self.config.monitoring.enabled):
+            return {}
+        address, ports = _reachable(self.internal_address), self.config.host_ports
+        return {
+            "grafana": f"http://{address}:{ports.grafana}",
+            "prometheus": f"http://{address}:{ports.prometheus}",
+            "jaeger": f"http://{address}:{ports.jaeger}",
+            "traefik": f"http://{address}:{ports.traefik_dashboard}/dashboard/",
+        }
+
+    def dev_tool_urls(self) -> dict[str, str]:
+        """URLs of the dev tools, where this host runs them."""
+        if not (self.runs_monitoring and self.config.dev_tools.enabled):
+            return {}
+        address, ports = _reachable(self.internal_address), self.config.host_ports
+        return {
+            "dashboard": f"http://{address}:{ports.dashboard}",
+            "adminer": f"http://{address}:{ports.adminer}",
+            "mailhog": f"http://{address}:{ports.mailhog}",
+            "redisCommander": f"http://{address}:{ports.redis_commander}",
+        }
+
     def endpoints(self) -> dict[str, str]:
         """URLs of the monitoring stack and dev tools, where this host runs them."""
-        if not self.runs_monitoring:
-            return {}
-        address = _reachable(self.internal_address)
-        ports = self.config.host_ports
-        urls: dict[str, str] = {}
-        if self.config.monitoring.enabled:
-            urls |= {
-                "grafana": f"http://{address}:{ports.grafana}",
-                "prometheus": f"http://{address}:{ports.prometheus}",
-                "jaeger": f"http://{address}:{ports.jaeger}",
-                "traefik": f"http://{address}:{ports.traefik_dashboard}/dashboard/",
-            }
-        if self.config.dev_tools.enabled:
-            urls |= {
-                "dashboard": f"http://{address}:{ports.dashboard}",
-                "adminer": f"http://{address}:{ports.adminer}",
-                "mailhog": f"http://{address}:{ports.mailhog}",
-                "redisCommander": f"http://{address}:{ports.redis_commander}",
-            }
-        return urls
+        return self.monitoring_urls() | self.dev_tool_urls()
 
     def public_ports(self) -> list[int]:
         """Ports the host opens to the internet: only Traefik's web entry points."""
