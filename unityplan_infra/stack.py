@@ -23,6 +23,14 @@ from unityplan_infra.components.swarm import IpfsSwarm
 from unityplan_infra.topology.plan import Deployment
 
 REMOTE_CONFIG_ROOT = "/opt/unityplan"
+# The Docker provider opens an SSH session per API connection; sharing one master
+# connection keeps a first deploy under sshd's MaxStartups.
+SSH_OPTIONS = [
+    "-o", "StrictHostKeyChecking=accept-new",
+    "-o", "ControlMaster=auto",
+    "-o", "ControlPath=~/.ssh/unityplan-%C",
+    "-o", "ControlPersist=120",
+]  # fmt: skip
 
 
 def default_config_root(stack: str) -> str:
@@ -117,11 +125,11 @@ def _multi_host(
     docker_hosts = {
         name: DockerHost(
             deployment.hosts_by_name[name],
-            docker_host=pulumi.Output.concat("ssh://", remote.user, "@", remote.public_address),
+            docker_host=remote.docker_url,
             config_root=REMOTE_CONFIG_ROOT,
             connection=remote.connection,
             ready=remote.ready,
-            ssh_opts=["-o", "StrictHostKeyChecking=accept-new"],
+            ssh_opts=SSH_OPTIONS,
         )
         for name, remote in servers.remote_hosts.items()
     }

@@ -9,6 +9,7 @@ services that listen on it) is checked on the same graph the engine would get.
 from __future__ import annotations
 
 import copy
+import hashlib
 import ipaddress
 import json
 import re
@@ -204,7 +205,7 @@ def test_three_servers_in_hel1_spread_with_cloud_init(backups: bool) -> None:
     assert set(servers) == {f"server-{code}" for code in SLOTS}
     for code, pod in pods.items():
         server = servers[f"server-{code}"]
-        assert server["name"] == f"unityplan-{code}"
+        assert server["name"] == f"unityplan-{STACK}-{code}"
         assert server["labels"] == {"app": "unityplan", "pod": POD_NAMES[code], "territory": code}
         assert server["location"] == "hel1"
         assert server["serverType"] == pod["host"]["serverType"]
@@ -274,7 +275,8 @@ def test_one_docker_provider_per_host_reached_over_ssh(nordic: Graph) -> None:
     providers = {r.name: unwrap(r.inputs) for r in nordic.of_type(DOCKER_PROVIDER)}
     assert set(providers) == {f"host-{code}-docker" for code in SLOTS}
     for code in SLOTS:
-        assert providers[f"host-{code}-docker"]["host"] == f"ssh://root@{ips[code]}"
+        assert providers[f"host-{code}-docker"]["host"] == f"ssh://root@{ips[code]}:22"
+        assert "ControlMaster=auto" in providers[f"host-{code}-docker"]["sshOpts"]
     # No docker resource falls back to a default provider (the engine of the deploying machine).
     for resource in nordic.resources:
         if resource.type.startswith("docker:"):
@@ -473,3 +475,31 @@ def test_fourth_pod_joins_the_mesh(nordic: Graph, nordic4: Graph) -> None:
     for peer in peers4["fi"]:
         (other,) = [h for h, s in SLOTS.items() if peer["AllowedIPs"] == f"10.0.{s}.0/24"]
         check_peer(peer, other, SLOTS[other], ips, private)
+
+
+def test_ssh_hosts_keep_their_port_and_bracket_ipv6() -> None:
+    values = copy.deepcopy(stack_values("nordic"))
+    values["unityplan-infra:pods"][2]["host"] = {
+        "kind": "ssh",
+        "address": "2001:db8::10",
+        "port": 2222,
+    }
+    graph = run_program(as_pulumi_config(values), "nordic")
+    provider = unwrap(graph.named("host-se-docker").inputs)
+    assert provider["host"] == "ssh://root@[2001:db8::10]:2222"
+    assert graph.exports["hosts"]["se"]["ssh"] == "ssh -p 2222 root@2001:db8::10"
+    assert unwrap(graph.named("se-ready").inputs["connection"])["port"] == 2222
+    assert "server-se" not in {r.name for r in graph.resources}
+
+
+def test_an_existing_hetzner_key_is_used_by_name_not_uploaded_again() -> None:
+    values = copy.deepcopy(stack_values("nordic"))
+    hetzner = values["unityplan-infra:hetzner"]
+    del hetzner["sshPublicKey"]
+    hetzner["sshKeyName"] = "admin@laptop"
+    graph = run_program(as_pulumi_config(values), "nordic")
+    assert graph.of_type("hcloud:index/sshKey:SshKey") == []
+    expected = str(int.from_bytes(hashlib.sha256(b"admin@laptop").digest()[:3], "big"))
+    for server in graph.of_type("hcloud:index/server:Server"):
+        assert unwrap(server.inputs["sshKeys"]) == [expected]
+        assert server.inputs["name"].startswith("unityplan-nordic-")

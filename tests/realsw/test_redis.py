@@ -3,6 +3,7 @@ container healthcheck run unchanged (in a namespace of their own, so port 6379 i
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,11 +22,16 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetnsLab]:
     with NetnsLab(["redis"], workdir=workdir / "lab") as lab:
         data = workdir / "data"  # the container's /data volume
         data.mkdir()
+        # The image's entrypoint only drops privileges before exec; here it just execs.
+        shim = workdir / "bin" / "docker-entrypoint.sh"
+        shim.parent.mkdir()
+        shim.write_text('#!/bin/sh\nexec "$@"\n')
+        shim.chmod(0o755)
         lab.spawn(
             "redis",
             ["sh", "-c", f"cd {data} && {redis_render.START}"],
             name="redis-server",
-            env={"REDIS_PASSWORD": PASSWORD},
+            env={"REDIS_PASSWORD": PASSWORD, "PATH": f"{shim.parent}:{os.environ['PATH']}"},
         )
         deadline = time.monotonic() + 15
         while not healthy(lab, PASSWORD):

@@ -10,6 +10,7 @@ each export's secret marking kept beside it.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import runpy
@@ -187,6 +188,9 @@ class GraphMocks(pulumi.runtime.Mocks):
         return self._answers().pop((type_token, name))
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[Any]]:
+        if args.token == "hcloud:index/getSshKey:getSshKey":
+            name = args.args["name"]
+            return {"id": int.from_bytes(_digest(name)[:3], "big"), "name": name}, []
         return {}, []
 
 
@@ -239,6 +243,8 @@ def run_program(config: dict[str, str], stack: str = "dev", graph: Graph | None 
     """Run the program with `config` (already encoded as Pulumi passes it). Pass `graph` to
     inspect what was registered even when the program raises."""
     graph = graph if graph is not None else Graph()
+    # The SDK runs on the current event loop; a test that used asyncio.run() leaves none.
+    asyncio.set_event_loop(asyncio.new_event_loop())
     mocks = GraphMocks()
     monitor = RecordingMonitor(mocks, graph)
     pulumi.runtime.set_mocks(

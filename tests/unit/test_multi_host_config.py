@@ -81,6 +81,21 @@ CASES = {
         ["198.51.100.7/32", "not-a-cidr"],
         "'not-a-cidr'",
     ),
+    "ssh host as a non-root user": BadConfig(
+        _pod(2, host={"kind": "ssh", "address": "192.0.2.30", "user": "deploy"}),
+        "pods[2].host.user",
+        "deploy",
+        "'deploy'",
+    ),
+    "more hcloud hosts than a spread group holds": BadConfig(
+        lambda values: values[f"{NS}:pods"].extend(
+            {"code": code, "name": f"pod-{code}", "slot": slot, "host": {"kind": "hcloud"}}
+            for slot, code in enumerate(["aa", "bb", "cc", "dd", "ee", "ff", "gg", "hh"], 4)
+        ),
+        "pods",
+        11,
+        "= 11",
+    ),
 }
 
 
@@ -124,3 +139,13 @@ def test_program_fails_before_registering_anything(case: BadConfig) -> None:
     assert str(caught.value) == str(expected.value)
     assert graph.resources == []
     assert graph.exports == {}
+
+
+@pytest.mark.parametrize("keys", [{}, {"sshPublicKey": "ssh-ed25519 AAAA x", "sshKeyName": "k"}])
+def test_exactly_one_ssh_key_setting(keys: dict[str, str]) -> None:
+    values = copy.deepcopy(stack_values(STACK))
+    values[f"{NS}:hetzner"] = {"adminCidrs": ["198.51.100.7/32"], **keys}
+    with pytest.raises(ConfigError) as raised:
+        load_deployment(as_pulumi_config(values))
+    (problem,) = raised.value.problems
+    assert problem.key == "hetzner" and "sshKeyName" in problem.fix

@@ -23,7 +23,9 @@ ANYWHERE = ["0.0.0.0/0", "::/0"]
 READINESS = (
     "set -eu\n"
     "if command -v cloud-init >/dev/null; then cloud-init status --wait >/dev/null || true; fi\n"
-    "command -v docker >/dev/null && command -v wg >/dev/null && command -v wg-quick >/dev/null\n"
+    "for tool in docker wg wg-quick; do\n"
+    '  command -v "$tool" >/dev/null || { echo "missing on this host: $tool" >&2; exit 1; }\n'
+    "done\n"
     "docker info >/dev/null\n"
 )
 
@@ -73,7 +75,16 @@ class HetznerHosts(pulumi.ComponentResource):
             assert config.hetzner is not None  # guaranteed by StackConfig validation
             settings = config.hetzner
             child = pulumi.ResourceOptions(parent=self)
-            ssh_key = hcloud.SshKey("admin-ssh-key", public_key=settings.ssh_public_key, opts=child)
+            ssh_key_id: pulumi.Input[str]
+            if settings.ssh_key_name is not None:
+                existing = hcloud.get_ssh_key_output(
+                    name=settings.ssh_key_name, opts=pulumi.InvokeOutputOptions(parent=self)
+                )
+                ssh_key_id = existing.id.apply(str)
+            else:
+                ssh_key_id = hcloud.SshKey(
+                    "admin-ssh-key", public_key=settings.ssh_public_key, opts=child
+                ).id
             base = hcloud.Firewall(
                 "unityplan-base", rules=firewall_rules(settings.admin_cidrs, []), opts=child
             )
@@ -93,11 +104,12 @@ class HetznerHosts(pulumi.ComponentResource):
                 pod = host.pods[0]
                 self.servers[host.name] = hcloud.Server(
                     f"server-{host.name}",
-                    name=f"unityplan-{pod.code}",
+                    # Stack in the name: two stacks in one Hetzner project must not clash.
+                    name=f"unityplan-{pulumi.get_stack()}-{pod.code}",
                     server_type=spec.server_type,
                     location=spec.location,
                     image=spec.image,
-                    ssh_keys=[ssh_key.id],
+                    ssh_keys=[ssh_key_id],
                     firewall_ids=[(web if host.runs_monitoring else base).id.apply(int)],
                     placement_group_id=spread.id.apply(int),
                     labels={"app": "unityplan", "pod": pod.pod.name, "territory": pod.code},
@@ -139,7 +151,7 @@ class HetznerHosts(pulumi.ComponentResource):
                 depends_on=[self.servers[host.name]] if host.name in self.servers else [],
             ),
         )
-        return RemoteHost(host.name, address, user, connection, [ready])
+        return RemoteHost(host.name, address, user, port, connection, [ready])
 
     def outputs(self, mesh: Any) -> dict[str, Any]:
         """Stack outputs of the multi-host layout: addresses, keys, SSH commands."""
@@ -151,6 +163,6 @@ class HetznerHosts(pulumi.ComponentResource):
                 "publicAddress": remote.public_address,
                 "wireguardAddress": peer.address,
                 "wireguardPublicKey": peer.public_key,
-                "ssh": pulumi.Output.concat("ssh ", remote.user, "@", remote.public_address),
+                "ssh": remote.ssh_command,
             }
         return {"hosts": hosts}

@@ -61,7 +61,7 @@ def write_file_script(
         f"tmp=$(mktemp {shlex.quote(directory)}/.tmp.XXXXXX)",
         'cat > "$tmp"',
         f'chmod {mode} "$tmp"',
-        f'cat "$tmp" > {shlex.quote(path)} && rm -f "$tmp"'
+        f'cat "$tmp" > {shlex.quote(path)} && chmod {mode} {shlex.quote(path)} && rm -f "$tmp"'
         if in_place
         else f'mv -f "$tmp" {shlex.quote(path)}',
     ]
@@ -77,9 +77,27 @@ class RemoteHost:
     name: str
     public_address: pulumi.Output[str]
     user: str
+    port: int
     connection: command.remote.ConnectionArgs
     ready: Sequence[pulumi.Resource]
     """Resources that must finish before anything else touches the host (cloud-init)."""
+
+    @property
+    def docker_url(self) -> pulumi.Output[str]:
+        """`ssh://user@host:port` for the Docker provider (IPv6 in brackets)."""
+        return self.public_address.apply(
+            lambda address: f"ssh://{self.user}@{_url_host(address)}:{self.port}"
+        )
+
+    @property
+    def ssh_command(self) -> pulumi.Output[str]:
+        return self.public_address.apply(
+            lambda address: f"ssh -p {self.port} {self.user}@{address}"
+        )
+
+
+def _url_host(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
 
 
 @dataclass

@@ -112,7 +112,8 @@ class PodStack(pulumi.ComponentResource):
                         f"POSTGRES_DB={pod.database}",
                     ]
                 ),
-                healthcheck=f"pg_isready -U {DB_OWNER} -d postgres",
+                # Over TCP: the initdb phase's temporary server listens on the socket only.
+                healthcheck=f"pg_isready -h 127.0.0.1 -U {DB_OWNER} -d postgres",
                 volumes=[(volume(pod.volume("postgres"), host=host, parent=self),
                           "/var/lib/postgresql/data")],
                 binds=[(host.path(f"pods/{code}/postgres-init"), "/docker-entrypoint-initdb.d")],
@@ -217,6 +218,19 @@ class PodStack(pulumi.ComponentResource):
 
         # --- Matrix Synapse ----------------------------------------------------------
         matrix_files = self._synapse_files()
+        matrix_volume = volume(pod.volume("matrix"), host=host, parent=self)
+        # The image runs Synapse as 991:991 and chowns /data only in `generate` mode; a new
+        # named volume is root's, so hand it over once before the first start.
+        matrix_owner = host.run(
+            f"{code}-synapse-data-owner",
+            create=(
+                f"docker run --rm --user 0 --entrypoint chown -v {pod.volume('matrix')}:/data"
+                f" {images.matrix} -R 991:991 /data"
+            ),
+            triggers=[matrix_volume.name],
+            parent=self,
+            depends_on=[matrix_volume, host.image(images.matrix)],
+        )
         self._add(
             "matrix",
             container(
@@ -229,14 +243,14 @@ class PodStack(pulumi.ComponentResource):
                 networks=networks("matrix", mesh_aliases=[pod.matrix_server_name]),
                 envs=["SYNAPSE_CONFIG_PATH=/config/homeserver.yaml"],
                 healthcheck="curl -fsS http://127.0.0.1:8008/health >/dev/null",
-                volumes=[(volume(pod.volume("matrix"), host=host, parent=self), "/data")],
+                volumes=[(matrix_volume, "/data")],
                 binds=[
                     (host.path(f"pods/{code}/matrix"), "/config"),
                     # Multi-host: peers' server names resolve to their WireGuard addresses.
                     *([(host.path(f"pods/{code}/matrix-hosts/hosts"), "/etc/hosts")]
                       if pod.multi_host else []),
                 ],
-                depends_on=[*matrix_files, databases],
+                depends_on=[*matrix_files, databases, matrix_owner],
             ),
         )  # fmt: skip
 
@@ -301,15 +315,16 @@ class PodStack(pulumi.ComponentResource):
             ),
             host.config_file(
                 f"{code}-synapse-signing-key", f"{directory}/{SIGNING_KEY_FILE}",
-                signing_seed.apply(synapse_signing_key), parent=self,
+                signing_seed.apply(synapse_signing_key), parent=self, reload=restart(matrix),
             ),
             host.config_file(
                 f"{code}-synapse-tls-key", f"{directory}/{TLS_KEY_FILE}",
                 pulumi.Output.secret(tls_key.private_key_pem), parent=self,
+                reload=restart(matrix),
             ),
             host.config_file(
                 f"{code}-synapse-tls-cert", f"{directory}/{TLS_CERT_FILE}",
-                tls_cert.cert_pem, parent=self,
+                tls_cert.cert_pem, parent=self, reload=restart(matrix),
             ),
         ]  # fmt: skip
 

@@ -29,6 +29,7 @@ HETZNER_SERVER_TYPES = (
     "ccx13", "ccx23", "ccx33", "ccx43", "ccx53", "ccx63",
 )  # fmt: skip
 
+MAX_SPREAD_SERVERS = 10  # Hetzner's limit per spread placement group
 TERRITORY_CODE = re.compile(r"^[a-z]{2,3}$")
 POD_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 IMAGE_REF = re.compile(r"^[a-z0-9./_-]+(:[0-9]+)?[a-z0-9./_-]*:[A-Za-z0-9._-]+$")
@@ -79,6 +80,17 @@ class SshHost(Model):
     address: str
     user: str = "root"
     port: int = Field(default=22, ge=1, le=65535)
+
+    @field_validator("user")
+    @classmethod
+    def _root(cls, value: str) -> str:
+        # The program writes /etc/wireguard and /opt/unityplan, runs systemctl and docker.
+        if value != "root":
+            raise ConfigIssue(
+                "the program administers the host (WireGuard, systemd, Docker) and needs root",
+                "use user: root (key-only SSH login for root)",
+            )
+        return value
 
     @field_validator("address")
     @classmethod
@@ -232,13 +244,31 @@ class DevTools(Model):
 class Hetzner(Model):
     """Hetzner Cloud settings of the multi-host layout."""
 
-    ssh_public_key: str
+    # Either a key to upload, or the name of one already in the Hetzner project (Hetzner
+    # refuses to store the same key twice).
+    ssh_public_key: str | None = None
+    ssh_key_name: str | None = None
     admin_cidrs: list[str]
     backups: bool = False
 
+    @model_validator(mode="after")
+    def _one_key(self) -> Hetzner:
+        if (self.ssh_public_key is None) == (self.ssh_key_name is None):
+            raise ConfigIssue(
+                "give exactly one of sshPublicKey (upload) and sshKeyName (already in the"
+                " Hetzner project)",
+                "set hetzner.sshPublicKey to your public key, or hetzner.sshKeyName to the"
+                " name of the key in the Hetzner console",
+                key="hetzner",
+                value={"sshPublicKey": self.ssh_public_key, "sshKeyName": self.ssh_key_name},
+            )
+        return self
+
     @field_validator("ssh_public_key")
     @classmethod
-    def _ssh_key(cls, value: str) -> str:
+    def _ssh_key(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
         if not value.startswith(("ssh-ed25519 ", "ssh-rsa ", "ecdsa-sha2-")):
             raise ConfigIssue(
                 "not an OpenSSH public key",
@@ -295,15 +325,27 @@ class StackConfig(Model):
             )
         return value
 
+    @field_validator("docker_host")
+    @classmethod
+    def _local_engine(cls, value: str) -> str:
+        if not value.startswith("unix://"):
+            raise ConfigIssue(
+                "single-host config files are bind-mounted from this machine, so the Docker"
+                " engine must be local",
+                "use a unix:// socket (default unix:///var/run/docker.sock); for remote"
+                " hosts use layout multi-host with host kind ssh",
+            )
+        return value
+
     @field_validator("publish_address")
     @classmethod
     def _publish_address(cls, value: str) -> str:
         try:
-            ipaddress.ip_address(value)
+            ipaddress.IPv4Address(value)
         except ValueError as error:
             raise ConfigIssue(
-                "not an IP address",
-                "use 127.0.0.1 (default: this machine only) or one interface's address",
+                "not an IPv4 address",
+                "use 127.0.0.1 (default: this machine only) or one interface's IPv4 address",
             ) from error
         return value
 
@@ -367,7 +409,16 @@ class StackConfig(Model):
                     key=f"pods[{index}].host",
                     value=None,
                 )
-        if self.hetzner is None and any(isinstance(pod.host, HcloudHost) for pod in self.pods):
+        hcloud_pods = [pod for pod in self.pods if isinstance(pod.host, HcloudHost)]
+        if len(hcloud_pods) > MAX_SPREAD_SERVERS:
+            raise ConfigIssue(
+                f"{len(hcloud_pods)} hcloud hosts, but a Hetzner spread placement group holds"
+                f" at most {MAX_SPREAD_SERVERS}",
+                "put the extra pods on hosts of kind ssh (or split the stack)",
+                key="pods",
+                value=len(hcloud_pods),
+            )
+        if self.hetzner is None and hcloud_pods:
             raise ConfigIssue(
                 "pods on hcloud hosts need Hetzner settings",
                 "set hetzner: {sshPublicKey: 'ssh-ed25519 ...', adminCidrs: ['<your IP>/32']}",

@@ -22,14 +22,23 @@ def cloud_config(image: str) -> dict[str, Any]:
         "packages": packages,
         "write_files": [
             {
-                # Routing between the pods' VPN subnets and Docker's published ports.
+                # Forwarding for Docker's published ports; non-local bind so that a container
+                # publishing on the WireGuard address can start before wg0 exists.
                 "path": "/etc/sysctl.d/60-unityplan.conf",
-                "content": "net.ipv4.ip_forward = 1\n",
+                "content": "net.ipv4.ip_forward = 1\nnet.ipv4.ip_nonlocal_bind = 1\n",
                 "permissions": "0644",
-            }
+            },
+            {
+                # After a reboot, bring the mesh up before Docker restarts the containers
+                # that publish on 10.0.<slot>.1 (a failed bind is never retried).
+                "path": "/etc/systemd/system/docker.service.d/10-after-wireguard.conf",
+                "content": "[Unit]\nWants=wg-quick@wg0.service\nAfter=wg-quick@wg0.service\n",
+                "permissions": "0644",
+            },
         ],
         "runcmd": [
             ["sysctl", "--system"],
+            ["systemctl", "daemon-reload"],
             ["install", "-d", "-m", "0700", "/etc/wireguard", "/opt/unityplan"],
             ["systemctl", "enable", "--now", "docker"],
         ],

@@ -45,12 +45,17 @@ def render_peer_list(deployment: Deployment, pod: PodPlan, peer_ids: Mapping[str
     return "".join(f"{line}\n" for line in lines)
 
 
-# Runs before the daemon on every container start (kubo's /container-init.d): no public
-# bootstrap nodes, keep the pods as permanent peers.
+# Runs before the daemon on every container start (kubo's /container-init.d, under set -e):
+# no public bootstrap nodes, the current swarm key (kubo copies IPFS_SWARM_KEY_FILE only
+# into a new repo), the pods as permanent peers. On the very first start the peer list
+# does not exist yet: the program writes it once every node has an identity.
 INIT_SCRIPT_BODY = f"""#!/bin/sh
 set -eu
 ipfs bootstrap rm --all >/dev/null
-ipfs config --json Peering.Peers "$(cat {MOUNT}/peers.json)"
+install -m 0400 {MOUNT}/swarm.key "${{IPFS_PATH:-/data/ipfs}}/swarm.key"
+if [ -s {MOUNT}/peers.json ]; then
+  ipfs config --json Peering.Peers "$(cat {MOUNT}/peers.json)"
+fi
 """
 
 # Applies a changed peer list to the running daemon without restarting it.

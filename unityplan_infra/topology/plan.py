@@ -204,7 +204,6 @@ class PodPlan:
             bind(nats, "nats_monitor", self.nats_ports["monitor"]),
             bind(ipfs, "ipfs_api", 5001),
             bind(ipfs, "ipfs_swarm", 4001),
-            bind(ipfs, "ipfs_swarm", 4001, "udp"),
             bind(ipfs, "ipfs_gateway", 8080),
             bind(matrix, "matrix", 8008),
             PortBinding(matrix, self.federation_host_port, 8448, "podPorts.matrixFederation"),
