@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.support.tools import run_checker
 from unityplan_infra.render.cloudinit import DOCKER_IMAGE, cloud_config, render_cloud_config
 
 pytestmark = pytest.mark.timeout(60)
@@ -25,14 +26,7 @@ IMAGES = [DOCKER_IMAGE, "ubuntu-24.04"]
 
 def schema_check(path: Path) -> subprocess.CompletedProcess[str]:
     """Run `cloud-init schema --config-file <path>`; stdout and stderr merged."""
-    return subprocess.run(
-        [CLOUD_INIT, "schema", "--config-file", str(path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    return run_checker([CLOUD_INIT, "schema", "--config-file", str(path)])
 
 
 def write_config(directory: Path, config: dict[str, Any]) -> Path:

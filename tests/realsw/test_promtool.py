@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from tests.support.deployments import dev_deployment, multi_host_deployment
+from tests.support.tools import run_checker
 from unityplan_infra.render.prometheus import (
     prometheus_config,
     render_prometheus_config,
@@ -25,14 +26,7 @@ PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 
 def promtool_check(path: Path) -> subprocess.CompletedProcess[str]:
     """Run `promtool check config` on `path`; stdout and stderr merged."""
-    return subprocess.run(
-        [PROMTOOL, "check", "config", str(path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    return run_checker([PROMTOOL, "check", "config", str(path)])
 
 
 @pytest.mark.parametrize(
