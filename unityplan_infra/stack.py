@@ -17,9 +17,11 @@ from unityplan_infra.components.hetzner import HetznerHosts
 from unityplan_infra.components.host import Attachment, DockerHost, HostAccess, HostExporters
 from unityplan_infra.components.mesh import MeshNetwork
 from unityplan_infra.components.monitoring import MonitoringStack
-from unityplan_infra.components.pod import PodStack
+from unityplan_infra.components.pod import DB_OWNER, PodStack
 from unityplan_infra.components.streams import NatsStreams
 from unityplan_infra.components.swarm import IpfsSwarm
+from unityplan_infra.render.nats import CLIENT_USER, CLUSTER_NAME
+from unityplan_infra.render.postgres import SYNAPSE_DATABASE
 from unityplan_infra.topology.plan import Deployment
 
 REMOTE_CONFIG_ROOT = "/opt/unityplan"
@@ -59,9 +61,9 @@ def deploy(
         )
         for pod in deployment.pods
     }
-    IpfsSwarm(deployment, pods=pods, hosts=hosts)
+    swarm = IpfsSwarm(deployment, pods=pods, hosts=hosts)
     first = deployment.pods[0]
-    NatsStreams(
+    streams = NatsStreams(
         deployment,
         host=hosts[first.host],
         client_password=mesh.secrets.nats_client_password,
@@ -92,16 +94,34 @@ def deploy(
         )
         urls |= tools.urls
     outputs["urls"] = urls
+    # What an operator connects to, and what `verify` checks against (verify/outputs.py).
     outputs["pods"] = {
-        code: {
-            "endpoints": pod.endpoints,
-            "postgresUser": "unityplan",
-            "postgresPassword": pod.postgres_password,
-            "redisPassword": pod.redis_password,
+        plan.code: {
+            "endpoints": pods[plan.code].endpoints,
+            "host": plan.host,
+            "postgresUser": DB_OWNER,
+            "postgresPassword": pods[plan.code].postgres_password,
+            "redisPassword": pods[plan.code].redis_password,
+            "databases": [plan.database, SYNAPSE_DATABASE],
+            "natsServerName": plan.nats_server_name,
+            "matrixServerName": plan.matrix_server_name,
+            "ipfsPeerId": swarm.peer_ids[plan.code],
         }
-        for code, pod in pods.items()
+        for plan in deployment.pods
     }
-    outputs["natsClientUser"] = "unityplan"
+    outputs["monitoringHost"] = deployment.monitoring_host.name
+    outputs["nats"] = {
+        "cluster": CLUSTER_NAME,
+        "streams": [
+            {
+                "name": stream["name"],
+                "replicas": stream["num_replicas"],
+                "placementTags": stream.get("placement", {}).get("tags", []),
+            }
+            for stream in streams.definitions
+        ],
+    }
+    outputs["natsClientUser"] = CLIENT_USER
     outputs["natsClientPassword"] = mesh.secrets.nats_client_password
     return outputs
 

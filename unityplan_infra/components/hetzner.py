@@ -164,5 +164,7 @@ class HetznerHosts(pulumi.ComponentResource):
                 "wireguardAddress": peer.address,
                 "wireguardPublicKey": peer.public_key,
                 "ssh": remote.ssh_command,
+                "sshUser": remote.user,
+                "sshPort": remote.port,
             }
         return {"hosts": hosts}

@@ -44,9 +44,16 @@ def restart(container: str) -> str:
 
 
 def write_file_script(
-    root: str, path: str, reload: str | None, in_place: bool = False, mode: str = "0644"
+    root: str,
+    path: str,
+    reload: str | None,
+    in_place: bool = False,
+    mode: str = "0644",
+    base64_stdin: bool = False,
 ) -> str:
     """Shell: write stdin to `path` atomically (temp file + rename), then reload.
+
+    `base64_stdin`: stdin is the base64 text of a binary file (a command's stdin is text).
 
     The root stays 0700 (secrets inside); leaf directories are 0755 and files 0644 because
     containers run as various users and only see the leaf directory they mount. A file that
@@ -59,7 +66,7 @@ def write_file_script(
         f"install -d -m 0700 {shlex.quote(root)}",
         f"install -d -m 0755 {shlex.quote(directory)}",
         f"tmp=$(mktemp {shlex.quote(directory)}/.tmp.XXXXXX)",
-        'cat > "$tmp"',
+        'base64 -d > "$tmp"' if base64_stdin else 'cat > "$tmp"',
         f'chmod {mode} "$tmp"',
         f'cat "$tmp" > {shlex.quote(path)} && chmod {mode} {shlex.quote(path)} && rm -f "$tmp"'
         if in_place
@@ -161,16 +168,18 @@ class HostAccess:
         depends_on: Sequence[pulumi.Resource] = (),
         in_place: bool = False,
         mode: str = "0644",
+        base64_stdin: bool = False,
     ) -> pulumi.CustomResource:
         """Write a file under the config root; rewrite it (and reload) when it changes.
 
         The content travels on stdin, so secrets never appear on a command line or in logs.
+        A binary file travels as base64 text (`base64_stdin`).
         """
         path = self.path(relative_path)
         digest = pulumi.Output.from_input(content).apply(sha256)
         return self.run(
             name,
-            create=write_file_script(self.config_root, path, reload, in_place, mode),
+            create=write_file_script(self.config_root, path, reload, in_place, mode, base64_stdin),
             stdin=content,
             triggers=[digest],
             parent=parent,

@@ -1,14 +1,17 @@
 """Create or update JetStream streams idempotently, over the JetStream JSON API.
 
 Self-contained on purpose (standard library and nats-py only): `pulumi up` runs this very
-file inside a throwaway container next to the cluster (see components/streams.py), and the
-tests run it against real nats-server processes. Usage as a script:
+file, packed with nats-py into one zip application (render/stream_job.py), inside a
+throwaway container next to the cluster (see components/streams.py); the tests run the same
+archive against real nats-server processes. Usage:
 
     NATS_URL=nats://host:4222 NATS_USER=... NATS_PASSWORD=... STREAMS_JSON='[...]' \
-        python apply_streams.py
-    python apply_streams.py < spec.json   # {"url", "user", "password", "streams"}
+        python streams-job.pyz
+    python streams-job.pyz < spec.json   # {"url", "user", "password", "streams"}
 
-It prints one JSON line per stream: {"stream": ..., "action": created|updated|unchanged}.
+It prints one JSON line per stream as soon as that stream is done:
+{"stream": ..., "action": created|updated|unchanged}, or {"stream": ..., "error": ...} for
+the stream it gave up on (then it exits 1), so a failure never hides what was already done.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import nats
@@ -27,6 +31,10 @@ from nats.errors import TimeoutError as NatsTimeoutError
 
 API = "$JS.API"
 STREAM_NOT_FOUND = 10059
+# "no suitable peers for placement" (HTTP-like code 400): no server matches the stream's
+# placement yet, e.g. a new pod's server has not joined the JetStream meta group. Transient
+# when the server is on its way, so it is retried until the deadline like the 5xx codes.
+NO_SUITABLE_PEERS = 10005
 # Fields the program manages; the server adds defaults for the rest.
 MANAGED_FIELDS = (
     "subjects", "storage", "retention", "num_replicas", "max_age", "max_msgs", "max_bytes",
@@ -35,7 +43,9 @@ MANAGED_FIELDS = (
 
 
 class StreamError(RuntimeError):
-    """The server refused a stream definition for good (not a transient state)."""
+    """The server refused a stream definition for good, or the deadline passed."""
+
+    stream: str | None = None
 
 
 async def _api(nc: Client, subject: str, payload: dict[str, Any] | None) -> dict[str, Any]:
@@ -82,17 +92,32 @@ async def ensure_stream(nc: Client, desired: dict[str, Any]) -> str:
 
 def _transient_or_fatal(name: str, error: dict[str, Any]) -> Exception:
     # 503: JetStream not ready (meta leader election); 500 "insufficient resources" / "no
-    # suitable peers": not enough servers up yet for the replicas. Both pass with time.
-    text = f"stream {name}: {error.get('description')} (code {error.get('code')})"
-    if error.get("code") in (500, 503):
+    # suitable peers": not enough servers up yet for the replicas; 400 with err_code 10005:
+    # no server with the placement tags yet. All pass with time.
+    text = (
+        f"stream {name}: {error.get('description')}"
+        f" (code {error.get('code')}, err_code {error.get('err_code')})"
+    )
+    if error.get("code") in (500, 503) or error.get("err_code") == NO_SUITABLE_PEERS:
         return _Transient(text)
     return StreamError(text)
 
 
+def _ignore(name: str, action: str) -> None:
+    pass
+
+
 async def ensure_streams(
-    nc: Client, streams: list[dict[str, Any]], deadline_seconds: float = 120.0
+    nc: Client,
+    streams: list[dict[str, Any]],
+    deadline_seconds: float = 120.0,
+    on_done: Callable[[str, str], None] = _ignore,
 ) -> dict[str, str]:
-    """Ensure every stream, retrying transient cluster states until the deadline."""
+    """Ensure every stream, retrying transient cluster states until the deadline.
+
+    `on_done(name, action)` is called as soon as each stream is done. A `StreamError`
+    carries the failed stream's name in `stream`.
+    """
     deadline = time.monotonic() + deadline_seconds
     done: dict[str, str] = {}
     for desired in streams:
@@ -102,17 +127,28 @@ async def ensure_streams(
                 action = await ensure_stream(nc, desired)
                 # A retry that finds the stream as wanted reports the change it completed.
                 done[desired["name"]] = attempted if action == "unchanged" and attempted else action
+                on_done(desired["name"], done[desired["name"]])
                 break
+            except StreamError as error:
+                error.stream = desired["name"]
+                raise
             except (_Transient, NoRespondersError, NatsTimeoutError) as error:
                 attempted = getattr(error, "attempted", None) or attempted
                 if time.monotonic() > deadline:
-                    raise StreamError(f"gave up after {deadline_seconds}s: {error}") from error
+                    failed = StreamError(f"gave up after {deadline_seconds}s: {error}")
+                    failed.stream = desired["name"]
+                    raise failed from error
                 await asyncio.sleep(1.0)
     return done
 
 
 async def apply(
-    url: str, user: str, password: str, streams: list[dict[str, Any]]
+    url: str,
+    user: str,
+    password: str,
+    streams: list[dict[str, Any]],
+    on_done: Callable[[str, str], None] = _ignore,
+    deadline_seconds: float = 120.0,
 ) -> dict[str, str]:
     """Connect, ensure the streams, disconnect."""
     nc = await nats.connect(
@@ -120,9 +156,13 @@ async def apply(
         max_reconnect_attempts=30, reconnect_time_wait=1,
     )  # fmt: skip
     try:
-        return await ensure_streams(nc, streams)
+        return await ensure_streams(nc, streams, deadline_seconds, on_done)
     finally:
         await nc.close()
+
+
+def _report(name: str, action: str) -> None:
+    print(json.dumps({"stream": name, "action": action}), flush=True)
 
 
 def main() -> int:
@@ -138,9 +178,14 @@ def main() -> int:
         }
     else:
         spec = json.load(sys.stdin)
-    result = asyncio.run(apply(spec["url"], spec["user"], spec["password"], spec["streams"]))
-    for name, action in result.items():
-        print(json.dumps({"stream": name, "action": action}))
+    deadline = float(os.environ.get("STREAMS_DEADLINE_SECONDS", "120"))
+    try:
+        asyncio.run(
+            apply(spec["url"], spec["user"], spec["password"], spec["streams"], _report, deadline)
+        )
+    except StreamError as error:
+        print(json.dumps({"stream": error.stream, "error": str(error)}), flush=True)
+        return 1
     return 0
 
 

@@ -186,6 +186,7 @@ class PodPlan:
             "ipfsApi": f"http://{address}:{port('ipfs_api')}",
             "ipfsGateway": f"http://{address}:{port('ipfs_gateway')}",
             "matrix": f"http://{address}:{port('matrix')}",
+            "matrixFederation": f"https://{address}:{self.federation_host_port}",
         }
 
     # --- published ports -------------------------------------------------------------

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Remove a stack's containers, networks and servers. Data volumes are retained (see README,
+# "What survives destroy"). Usage: ./scripts/destroy.sh [stack] [extra `pulumi destroy` args]
+set -euo pipefail
+STACK="${1:-dev}"; shift || true
+source "$(dirname "$0")/setup.sh" "$STACK" --no-create
+exec pulumi destroy --stack "$STACK" "$@"

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Check a deployed stack end to end (see README, "Verify"). Exit 0 healthy, 1 not, 2 usage.
+# Usage: ./scripts/verify.sh [stack] [verify args, e.g. --json, --only nats,redis]
+set -euo pipefail
+STACK="${1:-dev}"; shift || true
+source "$(dirname "$0")/setup.sh" "$STACK" --no-create
+outputs="$(mktemp)"   # holds the stack's secrets: private to this user, removed on exit
+chmod 600 "$outputs"
+trap 'rm -f "$outputs"' EXIT
+pulumi stack output --stack "$STACK" --json --show-secrets > "$outputs"
+status=0
+.venv/bin/python -m unityplan_infra verify --outputs "$outputs" "$@" || status=$?
+exit "$status"

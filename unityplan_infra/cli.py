@@ -1,0 +1,91 @@
+"""Operator commands beside `pulumi up`: `python -m unityplan_infra verify ...`."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from unityplan_infra.verify.checks import SERVICES, all_checks
+from unityplan_infra.verify.model import Context
+from unityplan_infra.verify.outputs import OutputsError, StackOutputs, load_outputs
+from unityplan_infra.verify.report import as_json, print_table
+from unityplan_infra.verify.runner import run_checks
+from unityplan_infra.verify.tunnel import Forwards, TunnelError, ssh_forwards
+
+EXIT_HEALTHY, EXIT_UNHEALTHY, EXIT_USAGE = 0, 1, 2
+# A probe waits at most `timeout` per network step and takes a few steps (connect, query;
+# NATS reads three endpoints; federation asks once per peer): the whole run is bounded by
+# this many probe timeouts, however many checks hang.
+DEADLINE_TIMEOUTS = 4
+
+
+def _services(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in SERVICES]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown service(s) {', '.join(unknown)}; known: {', '.join(SERVICES)}"
+        )
+    return names
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="python -m unityplan_infra")
+    commands = root.add_subparsers(dest="command", required=True)
+    verify = commands.add_parser(
+        "verify", help="check a deployed stack end to end (exit 0 healthy, 1 not, 2 usage)"
+    )
+    verify.add_argument("--outputs", type=Path, required=True,
+                        help="file of `pulumi stack output --json --show-secrets`")
+    verify.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    verify.add_argument("--only", type=_services, default=list(SERVICES),
+                        help=f"comma-separated services to check (default: all of {','.join(SERVICES)})")
+    verify.add_argument("--skip", type=_services, default=[],
+                        help="comma-separated services not to check")
+    verify.add_argument("--timeout", type=float, default=5.0,
+                        help="seconds per network step of a probe (default 5)")
+    verify.add_argument("--ssh-config", type=Path, default=None,
+                        help="multi-host: ssh config file for the forwards (ssh -F)")
+    verify.add_argument("--direct", action="store_true",
+                        help="multi-host: connect directly (this machine is on the VPN)")
+    return root  # fmt: skip
+
+
+@contextlib.contextmanager
+def _reach(outputs: StackOutputs, args: argparse.Namespace) -> Iterator[Forwards]:
+    if outputs.hosts and not args.direct:
+        with ssh_forwards(outputs, args.ssh_config, timeout=max(10.0, 2 * args.timeout)) as found:
+            yield found
+    else:
+        yield {}
+
+
+def verify(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    try:
+        outputs = load_outputs(args.outputs)
+        services = [name for name in args.only if name not in args.skip]
+        with _reach(outputs, args) as forwards:
+            context = Context(outputs, args.timeout, forwards)
+            findings = run_checks(all_checks(context, services), DEADLINE_TIMEOUTS * args.timeout)
+    except (OutputsError, TunnelError) as error:
+        print(f"verify: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    seconds = time.monotonic() - started
+    secrets = outputs.secrets()
+    if args.json:
+        print(as_json(findings, seconds, secrets))
+    else:
+        print_table(findings, seconds, secrets, sys.stdout)
+    return EXIT_HEALTHY if findings and all(f.ok for f in findings) else EXIT_UNHEALTHY
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command == "verify":
+        return verify(args)
+    return EXIT_USAGE  # unreachable: argparse requires a known command

@@ -1,0 +1,59 @@
+"""Matrix (Synapse): `/health` on the client port, and federation to every other pod.
+
+Federation is checked through each homeserver's key notary: asking pod A for pod B's
+signing keys (`/_matrix/key/v2/query/<B>`) makes A fetch them from B over federation, so
+an answer proves A -> B works (name resolution, the federation port, TLS, the whitelist).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from urllib.parse import quote
+
+from unityplan_infra.verify.http import HttpError, fetch, fetch_json
+from unityplan_infra.verify.model import Check, Context, Finding, failed, passed
+
+
+def checks(context: Context) -> list[Check]:
+    found = []
+    for code in context.outputs.pods:
+        found.append(
+            Check("matrix", "matrix.health", code, partial(_probe, context, code),
+                  f"service-matrix-{code} is not running, or its port is not published",
+                  f"docker logs service-matrix-{code}; then `./scripts/up.sh STACK`")
+        )  # fmt: skip
+    return found
+
+
+def _probe(context: Context, code: str) -> list[Finding]:
+    outputs = context.outputs
+    pod = outputs.pods[code]
+    base = context.url(pod.host, pod.endpoints.matrix).rstrip("/")
+    body = fetch(f"{base}/health", timeout=context.timeout).decode(errors="replace").strip()
+    findings = [passed("matrix.health", code, f"/health: {body}")]
+    federation = context.url(pod.host, pod.endpoints.matrix_federation).rstrip("/")
+    unreachable = []
+    for other_code, other in outputs.pods.items():
+        if other_code == code:
+            continue
+        url = f"{federation}/_matrix/key/v2/query/{quote(other.matrix_server_name)}"
+        try:
+            answer = fetch_json(url, timeout=context.timeout, tls_verify=False)
+        except HttpError as error:
+            unreachable.append(f"{other.matrix_server_name} ({error})")
+            continue
+        names = {keys.get("server_name") for keys in answer.get("server_keys") or []}
+        if other.matrix_server_name not in names:
+            unreachable.append(f"{other.matrix_server_name} (no keys)")
+    if unreachable:
+        findings.append(failed(
+            "matrix.federation", code, f"cannot fetch keys of {'; '.join(unreachable)}",
+            "the peer's server name does not resolve on the mesh, its federation port is"
+            " unreachable, or it is missing from federation_domain_whitelist",
+            f"docker logs service-matrix-{code} | grep -i federation; check the peer's"
+            " matrix.health; then `./scripts/up.sh STACK` (it rewrites the whitelist)",
+        ))  # fmt: skip
+    else:
+        findings.append(passed("matrix.federation", code,
+                               f"keys of all {len(outputs.pods) - 1} peer(s) fetched"))  # fmt: skip
+    return findings
