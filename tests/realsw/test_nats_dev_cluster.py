@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import json
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,14 +29,16 @@ import pytest
 from ruamel.yaml import YAML
 
 from tests.support.netns import Background, NetnsError, NetnsLab, wait_until
+from tests.support.stream_job import job_argv
 from unityplan_infra.config.loader import load_deployment
 from unityplan_infra.nats.streams import GLOBAL_STREAM, stream_configs, territory_stream_name
 from unityplan_infra.render.nats import CLIENT_USER, CLUSTER_NAME, nats_config
-from unityplan_infra.topology.plan import Deployment, PodPlan
+from unityplan_infra.config.models import StackConfig
+from unityplan_infra.topology.plan import Deployment, PodPlan, plan_deployment
 
 REPO = Path(__file__).resolve().parents[2]
 STACK_FILE = REPO / "Pulumi.dev.yaml"
-APPLY_STREAMS = REPO / "unityplan_infra" / "nats" / "apply_streams.py"
+SPARE = {"code": "fi", "name": "finland", "slot": 4}  # a pod that joins late
 
 # URL-special characters: the renderer must percent-encode the password in route URLs.
 ROUTE_PASSWORD = "r0ute:p@ss/w%rd?#"
@@ -141,7 +144,7 @@ class Cluster:
     def apply_streams(self, code: str) -> dict[str, str]:
         """Run the program's stream job as a script, the way `pulumi up` runs it."""
         env = {**self.client_env(code), "STREAMS_JSON": json.dumps(stream_configs(self.deployment))}
-        result = self.lab.run(code, [sys.executable, str(APPLY_STREAMS)], env=env, timeout=150)
+        result = self.lab.run(code, job_argv(), env=env, timeout=150)
         lines = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
         return {line["stream"]: line["action"] for line in lines}
 
@@ -159,12 +162,20 @@ def deployment() -> Deployment:
 
 @pytest.fixture(scope="module")
 def lab(deployment: Deployment, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetnsLab]:
-    """One emulated host per pod; every host resolves every pod's NATS container name."""
+    """One emulated host per pod, plus one for a pod that joins late; every host resolves
+    every pod's NATS container name."""
     codes = [pod.code for pod in deployment.pods]
-    with NetnsLab(codes, workdir=tmp_path_factory.mktemp("netns")) as lab:
-        for pod in deployment.pods:
+    with NetnsLab([*codes, SPARE["code"]], workdir=tmp_path_factory.mktemp("netns")) as lab:
+        for pod in with_spare(deployment).pods:
             lab.alias(pod.code, pod.nats_host)
         yield lab
+
+
+def with_spare(deployment: Deployment) -> Deployment:
+    """The dev stack with the late pod added, as the program would plan it."""
+    values = deployment.config.model_dump(by_alias=True, exclude_none=True)
+    values["pods"].append(SPARE)
+    return plan_deployment(StackConfig.model_validate(values))
 
 
 @pytest.fixture(scope="module")
@@ -370,3 +381,45 @@ def test_server_with_wrong_route_password_cannot_join(
         rogue.stop()
     for code in cluster.servers:
         assert cluster.monitor(code, "routez")["num_routes"] == len(cluster.servers) - 1
+
+
+@pytest.mark.timeout(120)
+def test_stream_job_waits_for_a_new_pods_server_and_reports_as_it_goes(
+    cluster: Cluster, first_apply: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A pod is added: the job starts a moment before the new pod's server has joined.
+
+    Until it joins, the server answers TERRITORY_FI with "no suitable peers for placement"
+    (400, err_code 10005); the job must wait for it, not give up. And each stream's result
+    is printed as soon as it has one. Last in this module: the new server stays in the
+    cluster.
+    """
+    grown = with_spare(cluster.deployment)
+    streams = stream_configs(grown)
+    env = {**cluster.client_env("dk"), "STREAMS_JSON": json.dumps(streams),
+           "STREAMS_DEADLINE_SECONDS": "60"}  # fmt: skip
+    job = cluster.lab.spawn("dk", job_argv(), name="stream-job", env=env)
+    # Before the new server exists, the streams already there are reported done.
+    wait_until(lambda: '"TERRITORY_SE"' in job.output(), timeout=20,
+               what=lambda: f"the job reports the existing streams\n{job.output()}")  # fmt: skip
+    time.sleep(2)
+    assert job.running(), f"the job gave up instead of waiting:\n{job.output()}"
+    assert "TERRITORY_FI" not in job.output()
+
+    fi = grown.pod(SPARE["code"])
+    directory = tmp_path_factory.mktemp("nats-fi")
+    config = nats_config(
+        grown, fi, route_password=ROUTE_PASSWORD, client_password=CLIENT_PASSWORD,
+        store_dir=str(directory / "jetstream"),
+    )  # fmt: skip
+    (directory / "nats.json").write_text(json.dumps(config, indent=2))
+    server = cluster.lab.spawn("fi", ["nats-server", "-c", str(directory / "nats.json")],
+                               name="nats")  # fmt: skip
+    assert job.popen.wait(60) == 0, f"{job.output()}\n=== fi\n{server.output()}"
+    results = [json.loads(line) for line in job.output().splitlines() if line.startswith("{")]
+    assert results == [
+        {"stream": s["name"], "action": "created" if s["name"] == "TERRITORY_FI" else "unchanged"}
+        for s in streams
+    ]
+    info = _settled_info(cluster, "TERRITORY_FI", 1)
+    assert info["cluster"]["leader"] == fi.nats_server_name

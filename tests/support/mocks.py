@@ -16,14 +16,16 @@ import hashlib
 import runpy
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pulumi
 from pulumi.runtime import config as runtime_config
 from pulumi.runtime.mocks import MockMonitor
 
-from tests.support.stackfile import ROOT
-
+# No imports from the dev-only test stack here: tests/support/evaluate.py runs this module in
+# a venv built from requirements.txt alone.
+ROOT = Path(__file__).resolve().parents[2]
 MAIN = ROOT / "__main__.py"
 STACK_TYPE = "pulumi:pulumi:Stack"
 CONTAINER_TYPE = "docker:index/container:Container"

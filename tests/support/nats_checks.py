@@ -2,7 +2,7 @@
 
 Why: the test process stays in the root namespace, which has no way into a lab. Everything
 that talks to a server (curl on the monitoring port, nats-py helper programs, the program's
-own apply_streams.py) therefore runs *inside* a host's namespace through `NetnsLab.run`, the
+own stream job) therefore runs *inside* a host's namespace through `NetnsLab.run`, the
 way tests/realsw/test_nats_dev_cluster.py does it. `NatsNode` bundles where one server is
 reached from its own host; the module functions judge a whole cluster from those nodes.
 """
@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.netns import Background, NetnsError, NetnsLab, wait_until
+from tests.support.stream_job import job_argv
 
-REPO = Path(__file__).resolve().parents[2]
-APPLY_STREAMS = REPO / "unityplan_infra" / "nats" / "apply_streams.py"
 
 # Helper programs, run with the venv's python inside a namespace (nats-py is installed).
 REQUEST_SCRIPT = """
@@ -251,8 +250,7 @@ class NatsNode:
     def apply_streams(self, streams: list[dict[str, Any]]) -> dict[str, str]:
         """Run the program's stream job as a script against this server, as `pulumi up` does."""
         env = {**self.env(), "STREAMS_JSON": json.dumps(streams)}
-        argv = [sys.executable, str(APPLY_STREAMS)]
-        result = self.lab.run(self.host, argv, env=env, timeout=150)
+        result = self.lab.run(self.host, job_argv(), env=env, timeout=150)
         lines = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
         return {line["stream"]: line["action"] for line in lines}
 
