@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.support.mocks import run_program  # noqa: E402
+from tests.support.mocks import run_program
 
 
 def main() -> int:

@@ -13,12 +13,10 @@ import json
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from tests.support.netns import Background, NetnsError, NetnsLab, wait_until
 from tests.support.stream_job import job_argv
-
 
 # Helper programs, run with the venv's python inside a namespace (nats-py is installed).
 REQUEST_SCRIPT = """
