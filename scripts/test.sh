@@ -5,7 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEBIAN_PACKAGES=(nats-server prometheus cloud-init wireguard-tools wireguard-go
-                 postgresql redis-server iproute2 iputils-ping procps)
+                 postgresql redis-server iproute2 iputils-ping procps curl
+                 prometheus-postgres-exporter prometheus-redis-exporter
+                 openssh-server openssh-client shellcheck)
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
 missing=()
@@ -23,6 +25,9 @@ fi
 
 if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
 .venv/bin/pip install -q --disable-pip-version-check -r requirements-dev.txt
+# actionlint ships as a prebuilt binary inside a wheel: pinned by hash (a separate call,
+# since pip's hash checking is all-or-nothing per call).
+.venv/bin/pip install -q --disable-pip-version-check --require-hashes -r requirements-lint.txt
 
 echo "== ruff"; .venv/bin/ruff check .
 echo "== mypy"; .venv/bin/mypy unityplan_infra __main__.py

@@ -69,6 +69,7 @@ class Cluster:
     """An initialised cluster directory: `data` (PGDATA), `socket_dir`, logs in `root`."""
 
     root: Path
+    port: int = 5432
 
     @property
     def data(self) -> Path:
@@ -89,10 +90,11 @@ class Cluster:
         locale: str = DEFAULT_LOCALE,
         host_networks: Sequence[str] = (),
         prefix: str = "unityplan-pg-",
+        port: int = 5432,
     ) -> Cluster:
         """initdb a new cluster; on failure nothing is left behind."""
         root = Path(tempfile.mkdtemp(prefix=prefix))
-        cluster = cls(root)
+        cluster = cls(root, port)
         try:
             cluster.socket_dir.mkdir()
             shutil.chown(root, OS_USER, OS_USER)
@@ -122,6 +124,7 @@ class Cluster:
         """`-c` settings: socket in the private dir, TCP on `listen` only, no fsync."""
         return [
             "-c", f"listen_addresses={listen}",
+            "-c", f"port={self.port}",
             "-c", f"unix_socket_directories={self.socket_dir}",
             "-c", "fsync=off",
             "-c", "synchronous_commit=off",
@@ -144,7 +147,8 @@ class Cluster:
                         "-o", options, "-w", "-t", "20", "start"))  # fmt: skip
 
     def ready(self) -> bool:
-        probe = [str(PG_BIN / "pg_isready"), "-q", "-h", str(self.socket_dir), "-U", SUPERUSER]
+        probe = [str(PG_BIN / "pg_isready"), "-q", "-h", str(self.socket_dir),
+                 "-p", str(self.port), "-U", SUPERUSER]  # fmt: skip
         return run(probe, check=False, timeout=10).returncode == 0
 
     def wait_ready(self, alive: Callable[[], bool] = lambda: True, timeout: float = 20.0) -> None:
@@ -160,7 +164,8 @@ class Cluster:
     def psql_argv(self, *args: str, user: str = SUPERUSER, database: str = "postgres") -> list[str]:
         """psql over the unix socket, stopping at the first error (as a deploy does)."""
         return [str(PG_BIN / "psql"), "-X", "-v", "ON_ERROR_STOP=1",
-                "-h", str(self.socket_dir), "-U", user, "-d", database, *args]  # fmt: skip
+                "-h", str(self.socket_dir), "-p", str(self.port), "-U", user, "-d", database,
+                *args]  # fmt: skip
 
     def psql(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return run(self.psql_argv(*args), check=check)
