@@ -81,6 +81,7 @@ from unityplan_infra.topology.plan import Deployment, PodPlan
 
 pytestmark = pytest.mark.timeout(150)
 
+REPO = Path(__file__).resolve().parents[2]
 CODES = ("dk", "no")  # two pods are enough to federate; the deployment keeps all three
 START_SECONDS = 90.0
 FEDERATION_PORT = 8448
@@ -692,3 +693,28 @@ def test_without_ip_range_whitelist_federation_is_blocked(federation: Federation
     assert reply["json"]["server_keys"] == []
     blocked = f"Blocked {federation.lab.hosts['no'].address} from DNS resolution to {no.name}"
     wait_until(lambda: blocked in variant.process.output(), timeout=5, what=blocked)
+
+
+@pytest.mark.timeout(120)
+def test_verify_checks_matrix_health_and_federation(
+    federation: Federation, tmp_path: Path
+) -> None:
+    """`verify --only matrix` on the real homeservers, from dk's host: /health, and each
+    pod's notary fetching the other's key over federation."""
+    outputs = copy.deepcopy(lab_graph().exports)
+    outputs["pods"] = {code: outputs["pods"][code] for code in CODES}
+    for code, server in federation.servers.items():
+        endpoints = outputs["pods"][code]["endpoints"]
+        endpoints["matrix"] = f"http://{server.pod.service('matrix')}:8008"
+        endpoints["matrixFederation"] = f"https://{server.name}:{FEDERATION_PORT}"
+    path = tmp_path / "outputs.json"
+    path.write_text(json.dumps(outputs))
+    argv = [sys.executable, "-m", "unityplan_infra", "verify", "--outputs", str(path),
+            "--only", "matrix", "--json"]  # fmt: skip
+    result = federation.lab.run("dk", argv, env={"PYTHONPATH": str(REPO)}, check=False,
+                                timeout=60)  # fmt: skip
+    report = json.loads(result.stdout)
+    assert result.returncode == 0, report
+    assert {(f["scope"], f["check"]) for f in report["findings"]} == {
+        (code, check) for code in CODES for check in ("matrix.health", "matrix.federation")
+    }

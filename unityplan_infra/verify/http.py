@@ -22,13 +22,18 @@ def _insecure() -> ssl.SSLContext:
     return context
 
 
-def fetch(url: str, *, timeout: float, method: str = "GET", tls_verify: bool = True) -> bytes:
-    request = urllib.request.Request(url, method=method)
+def fetch(
+    url: str, *, timeout: float, method: str = "GET", tls_verify: bool = True, body: Any = None
+) -> bytes:
+    """The response body; `body` (if any) is sent as JSON."""
+    data = None if body is None else json.dumps(body).encode()
+    headers = {} if body is None else {"Content-Type": "application/json"}
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
     context = None if tls_verify else _insecure()
     try:
         with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
-            body: bytes = response.read()
-            return body
+            answer: bytes = response.read()
+            return answer
     except urllib.error.HTTPError as error:
         raise HttpError(f"HTTP {error.code} from {url}") from None
     except urllib.error.URLError as error:
@@ -37,9 +42,11 @@ def fetch(url: str, *, timeout: float, method: str = "GET", tls_verify: bool = T
         raise HttpError(f"{url}: {error}") from None
 
 
-def fetch_json(url: str, *, timeout: float, method: str = "GET", tls_verify: bool = True) -> Any:
-    body = fetch(url, timeout=timeout, method=method, tls_verify=tls_verify)
+def fetch_json(
+    url: str, *, timeout: float, method: str = "GET", tls_verify: bool = True, body: Any = None
+) -> Any:
+    answer = fetch(url, timeout=timeout, method=method, tls_verify=tls_verify, body=body)
     try:
-        return json.loads(body)
+        return json.loads(answer)
     except json.JSONDecodeError:
-        raise HttpError(f"{url} did not answer JSON: {body[:120]!r}") from None
+        raise HttpError(f"{url} did not answer JSON: {answer[:120]!r}") from None

@@ -1,14 +1,15 @@
 """Matrix (Synapse): `/health` on the client port, and federation to every other pod.
 
 Federation is checked through each homeserver's key notary: asking pod A for pod B's
-signing keys (`/_matrix/key/v2/query/<B>`) makes A fetch them from B over federation, so
-an answer proves A -> B works (name resolution, the federation port, TLS, the whitelist).
+signing key (`POST /_matrix/key/v2/query` with B's key ID, which B's own
+`/_matrix/key/v2/server` tells) makes A fetch it from B over federation, so an answer
+proves A -> B works (name resolution, the federation port, TLS, the whitelist). Asked for
+"all keys" (`GET .../query/<B>`) Synapse answers from its cache only, so a key ID it is.
 """
 
 from __future__ import annotations
 
 from functools import partial
-from urllib.parse import quote
 
 from unityplan_infra.verify.http import HttpError, fetch, fetch_json
 from unityplan_infra.verify.model import Check, Context, Finding, failed, passed
@@ -36,10 +37,16 @@ def _probe(context: Context, code: str) -> list[Finding]:
     for other_code, other in outputs.pods.items():
         if other_code == code:
             continue
-        url = f"{federation}/_matrix/key/v2/query/{quote(other.matrix_server_name)}"
         try:
-            answer = fetch_json(url, timeout=context.timeout, tls_verify=False)
-        except HttpError as error:
+            own = context.url(other.host, other.endpoints.matrix_federation).rstrip("/")
+            served = fetch_json(f"{own}/_matrix/key/v2/server", timeout=context.timeout,
+                                tls_verify=False)  # fmt: skip
+            criteria = {key_id: {"minimum_valid_until_ts": 0} for key_id in served["verify_keys"]}
+            answer = fetch_json(
+                f"{federation}/_matrix/key/v2/query", method="POST", timeout=context.timeout,
+                tls_verify=False, body={"server_keys": {other.matrix_server_name: criteria}},
+            )  # fmt: skip
+        except (HttpError, KeyError, TypeError) as error:
             unreachable.append(f"{other.matrix_server_name} ({error})")
             continue
         names = {keys.get("server_name") for keys in answer.get("server_keys") or []}
