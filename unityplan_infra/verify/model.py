@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from urllib.parse import urlsplit, urlunsplit
 
 from unityplan_infra.verify.outputs import StackOutputs
@@ -67,3 +68,23 @@ class Context:
         parts = urlsplit(url)
         netloc = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
         return urlunsplit(parts._replace(netloc=netloc))
+
+
+def down_cause(container: str) -> str:
+    return f"{container} is not running, or its port is not published"
+
+
+def down_fix(container: str) -> str:
+    return f"docker logs {container}; then `./scripts/up.sh STACK`"
+
+
+def per_pod(
+    context: Context, service: str, name: str, probe: Callable[[Context, str], list[Finding]]
+) -> list[Check]:
+    """One check of `service` per pod; a probe that cannot connect means the pod's
+    `service-<service>-<code>` container is down or unpublished."""
+    return [
+        Check(service, name, code, partial(probe, context, code),
+              down_cause(f"service-{service}-{code}"), down_fix(f"service-{service}-{code}"))
+        for code in context.outputs.pods
+    ]  # fmt: skip

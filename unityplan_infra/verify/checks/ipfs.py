@@ -3,21 +3,12 @@ every other pod as a connected peer. kubo's RPC API takes POST only."""
 
 from __future__ import annotations
 
-from functools import partial
-
 from unityplan_infra.verify.http import fetch_json
-from unityplan_infra.verify.model import Check, Context, Finding, failed, passed
+from unityplan_infra.verify.model import Check, Context, Finding, failed, passed, per_pod
 
 
 def checks(context: Context) -> list[Check]:
-    found = []
-    for code in context.outputs.pods:
-        found.append(
-            Check("ipfs", "ipfs.api", code, partial(_probe, context, code),
-                  f"service-ipfs-{code} is not running, or its API port is not published",
-                  f"docker logs service-ipfs-{code}; then `./scripts/up.sh STACK`")
-        )  # fmt: skip
-    return found
+    return per_pod(context, "ipfs", "ipfs.api", _probe)
 
 
 def _probe(context: Context, code: str) -> list[Finding]:

@@ -9,21 +9,12 @@ proves A -> B works (name resolution, the federation port, TLS, the whitelist). 
 
 from __future__ import annotations
 
-from functools import partial
-
 from unityplan_infra.verify.http import HttpError, fetch, fetch_json
-from unityplan_infra.verify.model import Check, Context, Finding, failed, passed
+from unityplan_infra.verify.model import Check, Context, Finding, failed, passed, per_pod
 
 
 def checks(context: Context) -> list[Check]:
-    found = []
-    for code in context.outputs.pods:
-        found.append(
-            Check("matrix", "matrix.health", code, partial(_probe, context, code),
-                  f"service-matrix-{code} is not running, or its port is not published",
-                  f"docker logs service-matrix-{code}; then `./scripts/up.sh STACK`")
-        )  # fmt: skip
-    return found
+    return per_pod(context, "matrix", "matrix.health", _probe)
 
 
 def _probe(context: Context, code: str) -> list[Finding]:

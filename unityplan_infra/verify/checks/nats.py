@@ -10,7 +10,17 @@ from functools import partial
 from typing import Any
 
 from unityplan_infra.verify.http import HttpError, fetch_json
-from unityplan_infra.verify.model import MESH, Check, Context, Finding, failed, passed
+from unityplan_infra.verify.model import (
+    MESH,
+    Check,
+    Context,
+    Finding,
+    down_cause,
+    down_fix,
+    failed,
+    passed,
+    per_pod,
+)  # fmt: skip
 from unityplan_infra.verify.outputs import StreamOutputs
 
 # Guide, Troubleshooting: "NATS Cluster Not Forming".
@@ -36,13 +46,7 @@ class Snapshot:
 
 def checks(context: Context) -> list[Check]:
     shared = SharedSnapshot(context)
-    found = []
-    for code in context.outputs.pods:
-        found.append(
-            Check("nats", "nats.server", code, partial(_pod_findings, context, shared, code),
-                  f"service-nats-{code} is not running or its monitoring port is not published",
-                  f"docker logs service-nats-{code}; then `./scripts/up.sh STACK`")
-        )  # fmt: skip
+    found = per_pod(context, "nats", "nats.server", partial(_pod_findings, shared=shared))
     found.append(
         Check("nats", "nats.streams", MESH, partial(_stream_findings, context, shared),
               "no NATS server answered", "start with the nats.server findings")
@@ -80,16 +84,14 @@ def _snapshot(context: Context) -> Snapshot:
     return shot
 
 
-def _pod_findings(context: Context, shared: SharedSnapshot, code: str) -> list[Finding]:
+def _pod_findings(context: Context, code: str, *, shared: SharedSnapshot) -> list[Finding]:
     shot = shared.get()
     outputs = context.outputs
     pod = outputs.pods[code]
     if code in shot.errors:
-        return [failed(
-            "nats.server", code, shot.errors[code],
-            f"service-nats-{code} is not running or its monitoring port is not published",
-            f"docker logs service-nats-{code}; then `./scripts/up.sh STACK`",
-        )]  # fmt: skip
+        container = f"service-nats-{code}"
+        return [failed("nats.server", code, shot.errors[code], down_cause(container),
+                       down_fix(container))]  # fmt: skip
     varz = shot.varz[code]
     cluster = (varz.get("cluster") or {}).get("name")
     name = varz.get("server_name")

@@ -2,29 +2,15 @@
 
 from __future__ import annotations
 
-from functools import partial
 from urllib.parse import urlsplit
 
 import psycopg
 
-from unityplan_infra.verify.model import Check, Context, Finding, failed, passed
-
-UNREACHABLE_CAUSE = "service-postgres-<code> is not running, or its port is not published"
-UNREACHABLE_FIX = (
-    "docker ps -a --filter name=service-postgres-<code>; docker logs service-postgres-<code>;"
-    " then `./scripts/up.sh STACK`"
-)
+from unityplan_infra.verify.model import Check, Context, Finding, failed, passed, per_pod
 
 
 def checks(context: Context) -> list[Check]:
-    found = []
-    for code in context.outputs.pods:
-        found.append(
-            Check("postgres", "postgres.login", code, partial(_probe, context, code),
-                  UNREACHABLE_CAUSE.replace("<code>", code),
-                  UNREACHABLE_FIX.replace("<code>", code))
-        )  # fmt: skip
-    return found
+    return per_pod(context, "postgres", "postgres.login", _probe)
 
 
 def _probe(context: Context, code: str) -> list[Finding]:

@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-from functools import partial
-
 import redis as redis_client
 
-from unityplan_infra.verify.model import Check, Context, Finding, failed, passed
+from unityplan_infra.verify.model import Check, Context, Finding, failed, passed, per_pod
 
 
 def checks(context: Context) -> list[Check]:
-    found = []
-    for code in context.outputs.pods:
-        found.append(
-            Check("redis", "redis.ping", code, partial(_ping, context, code),
-                  f"service-redis-{code} is not running, or its port is not published",
-                  f"docker logs service-redis-{code}; then `./scripts/up.sh STACK`")
-        )  # fmt: skip
-    return found
+    return per_pod(context, "redis", "redis.ping", _ping)
 
 
 def _ping(context: Context, code: str) -> list[Finding]:
