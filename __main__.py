@@ -13,10 +13,6 @@ except ConfigError as error:
     # Raised before any resource is registered: an invalid config deploys nothing.
     raise pulumi.RunError(str(error)) from None
 
-outputs = deploy(
-    deployment,
-    stack=pulumi.get_stack(),
-    ssh_private_key=pulumi.Config().get_secret("sshPrivateKey"),
-)
+outputs = deploy(deployment, stack=pulumi.get_stack())
 for name, value in outputs.items():
     pulumi.export(name, value)

@@ -4,4 +4,4 @@
 set -euo pipefail
 STACK="${1:-dev}"; shift || true
 source "$(dirname "$0")/setup.sh" "$STACK" --no-create
-exec pulumi destroy --stack "$STACK" "$@"
+with_ssh_key pulumi destroy --stack "$STACK" "$@"

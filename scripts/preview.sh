@@ -4,4 +4,4 @@
 set -euo pipefail
 STACK="${1:-dev}"; shift || true
 source "$(dirname "$0")/setup.sh" "$STACK"
-exec pulumi preview --stack "$STACK" --diff "$@"
+with_ssh_key pulumi preview --stack "$STACK" --diff "$@"

@@ -65,3 +65,25 @@ if [ -n "${GITHUB_ENV:-}" ]; then
   fi
   dirname "$(command -v pulumi)" >> "${GITHUB_PATH:-/dev/null}"
 fi
+
+# Run "$@" with SSH keys available to it. The program never holds an SSH credential: remote
+# commands and the Docker provider authenticate through ssh-agent, so a rotated key re-runs
+# nothing. If the stack keeps its key in config (sshPrivateKey, secret), it goes into an
+# agent that lives exactly as long as the command; otherwise the caller's agent is used.
+with_ssh_key() {
+  local key
+  key="$(pulumi config get sshPrivateKey --stack "$STACK" 2>/dev/null || true)"
+  if [ -z "$key" ]; then
+    "$@"
+    return
+  fi
+  # The key travels on fd 3, never in argv or the environment; the command keeps the tty.
+  # The agent is killed as the command ends (by itself it notices only within 10 s).
+  # shellcheck disable=SC2016  # expanded by the inner sh
+  ssh-agent sh -c '
+    ssh-add -q - <&3 || exit
+    exec 3<&-
+    status=0; "$@" || status=$?
+    ssh-agent -k >/dev/null
+    exit "$status"' with-ssh-key "$@" 3<<<"$key"
+}

@@ -4,4 +4,4 @@
 set -euo pipefail
 STACK="${1:-dev}"; shift || true
 source "$(dirname "$0")/setup.sh" "$STACK"
-exec pulumi up --stack "$STACK" "$@"
+with_ssh_key pulumi up --stack "$STACK" "$@"

@@ -9,5 +9,5 @@ chmod 600 "$outputs"
 trap 'rm -f "$outputs"' EXIT
 pulumi stack output --stack "$STACK" --json --show-secrets > "$outputs"
 status=0
-.venv/bin/python -m unityplan_infra verify --outputs "$outputs" "$@" || status=$?
+with_ssh_key .venv/bin/python -m unityplan_infra verify --outputs "$outputs" "$@" || status=$?
 exit "$status"

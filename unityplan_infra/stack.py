@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pulumi
+import pulumi_command as command
 
 from unityplan_infra.components.devtools import DevTools
 from unityplan_infra.components.hetzner import HetznerHosts
@@ -35,29 +36,48 @@ SSH_OPTIONS = [
 ]  # fmt: skip
 
 
+CONFIG_ROOT_VARIABLE = "UNITYPLAN_CONFIG_ROOT"
+
+
 def default_config_root(stack: str) -> str:
-    """Where the single-host layout keeps config files: the user's data dir."""
+    """Where the single-host layout keeps config files: the data dir of whoever runs `up`."""
     return str(Path.home() / ".local" / "share" / "unityplan-infra" / stack)
 
 
-def deploy(
-    deployment: Deployment, *, stack: str, ssh_private_key: pulumi.Output[str] | None = None
-) -> dict[str, Any]:
+def pinned_config_root(stack: str) -> pulumi.Output[str]:
+    """`default_config_root` as it was at the first `up`, kept in the stack's state.
+
+    Scripts and bind mounts contain this path. Were it computed on every run, another user
+    (another home directory) running `up` would rewrite every file and replace every
+    container that mounts one. The path is held by a command that runs nothing; with its
+    `environment` ignored after creation, the state keeps the first value for good.
+    """
+    holder = command.local.Command(
+        "config-root",
+        environment={CONFIG_ROOT_VARIABLE: default_config_root(stack)},
+        opts=pulumi.ResourceOptions(ignore_changes=["environment"]),
+    )
+    return holder.environment.apply(
+        lambda environment: (environment or {})[CONFIG_ROOT_VARIABLE]
+    )
+
+
+def deploy(deployment: Deployment, *, stack: str) -> dict[str, Any]:
     """Register every resource of the stack; return the stack outputs."""
     if deployment.config.layout == "single-host":
         hosts, mesh = _single_host(deployment, stack)
-        networks = [Attachment(mesh.mesh_network.name)] if mesh.mesh_network else []
+        networks = [Attachment(mesh.mesh_network.id)] if mesh.mesh_network else []
         outputs: dict[str, Any] = {}
     else:
-        hosts, mesh, outputs = _multi_host(deployment, ssh_private_key)
+        hosts, mesh, outputs = _multi_host(deployment)
         networks = []
     for host in hosts.values():
         HostExporters(host, networks=networks)
 
-    mesh_name = mesh.mesh_network.name if mesh.mesh_network else None
+    mesh_id = mesh.mesh_network.id if mesh.mesh_network else None
     pods = {
         pod.code: PodStack(
-            deployment, pod, host=hosts[pod.host], mesh=mesh.secrets, mesh_network=mesh_name
+            deployment, pod, host=hosts[pod.host], mesh=mesh.secrets, mesh_network=mesh_id
         )
         for pod in deployment.pods
     }
@@ -67,7 +87,7 @@ def deploy(
         deployment,
         host=hosts[first.host],
         client_password=mesh.secrets.nats_client_password,
-        network=mesh_name if mesh_name is not None else "host",
+        network=mesh.mesh_network.name if mesh.mesh_network else "host",
         servers=[pod.containers["nats"] for pod in pods.values()],
     )
 
@@ -78,8 +98,8 @@ def deploy(
         monitoring = MonitoringStack(
             deployment,
             host=monitoring_host,
-            global_network=mesh.global_network.name,
-            mesh_network=mesh_name,
+            global_network=mesh.global_network.id,
+            mesh_network=mesh_id,
         )
         urls |= monitoring.urls
         outputs["grafanaAdminUser"] = "unityplan-admin"
@@ -89,8 +109,8 @@ def deploy(
             deployment,
             host=monitoring_host,
             pods=pods,
-            global_network=mesh.global_network.name,
-            mesh_network=mesh_name,
+            global_network=mesh.global_network.id,
+            mesh_network=mesh_id,
         )
         urls |= tools.urls
     outputs["urls"] = urls
@@ -132,16 +152,16 @@ def _single_host(deployment: Deployment, stack: str) -> tuple[dict[str, HostAcce
     docker_host = DockerHost(
         plan,
         docker_host=config.docker_host,
-        config_root=config.config_dir or default_config_root(stack),
+        config_root=config.config_dir or pinned_config_root(stack),
     )
     mesh = MeshNetwork(deployment, monitoring_host=docker_host.access)
     return {plan.name: docker_host.access}, mesh
 
 
 def _multi_host(
-    deployment: Deployment, ssh_private_key: pulumi.Output[str] | None
+    deployment: Deployment,
 ) -> tuple[dict[str, HostAccess], MeshNetwork, dict[str, Any]]:
-    servers = HetznerHosts(deployment, ssh_private_key=ssh_private_key)
+    servers = HetznerHosts(deployment)
     docker_hosts = {
         name: DockerHost(
             deployment.hosts_by_name[name],

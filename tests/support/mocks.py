@@ -23,32 +23,18 @@ import pulumi
 from pulumi.runtime import config as runtime_config
 from pulumi.runtime.mocks import MockMonitor
 
+from tests.support import engine
+from tests.support.secret_values import is_secret, unwrap
+
+__all__ = ["Graph", "Resource", "is_secret", "run_program", "unwrap"]
+
 # No imports from the dev-only test stack here: tests/support/evaluate.py runs this module in
 # a venv built from requirements.txt alone.
 ROOT = Path(__file__).resolve().parents[2]
 MAIN = ROOT / "__main__.py"
 STACK_TYPE = "pulumi:pulumi:Stack"
-CONTAINER_TYPE = "docker:index/container:Container"
-
-# How the mock monitor hands a secret to `Mocks.new_resource`: {SIG_KEY: SECRET_SIG, "value": …}.
-SIG_KEY = "4dabf18193072939515e22adb298388d"
-SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"
-
-
-def is_secret(value: Any) -> bool:
-    """Whether a mock input is a secret-wrapped value."""
-    return isinstance(value, dict) and value.get(SIG_KEY) == SECRET_SIG
-
-
-def unwrap(value: Any) -> Any:
-    """`value` with every secret wrapper (at any depth) replaced by what it wraps."""
-    if is_secret(value):
-        return unwrap(value["value"])
-    if isinstance(value, dict):
-        return {key: unwrap(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [unwrap(item) for item in value]
-    return value
+CONTAINER_TYPE = engine.CONTAINER
+NETWORK_TYPE = engine.NETWORK
 
 
 @dataclass
@@ -69,6 +55,9 @@ class Resource:
     property_dependencies: dict[str, list[str]]
     delete_before_replace: bool
     retain_on_delete: bool
+    ignore_changes: list[str] = field(default_factory=list)
+    replace_on_changes: list[str] = field(default_factory=list)
+    protect: bool = False
 
     @property
     def provider_urn(self) -> str | None:
@@ -124,6 +113,25 @@ class Graph:
                     todo.append(edge)
         return seen
 
+    def steps(self, prior: Graph) -> dict[str, engine.Step]:
+        """What the engine would do to each custom resource of this run, `prior` being the
+        state: "same", "update" (a command runs again) or "replace"; "create" for a new one."""
+        old = {(r.type, r.name): r for r in prior.resources if r.custom}
+        planned: dict[str, engine.Step] = {}
+        for resource in self.resources:
+            if not resource.custom:
+                continue
+            before = old.get((resource.type, resource.name))
+            if before is None:
+                planned[resource.urn] = "create"
+                continue
+            changed = engine.changed_keys(
+                resource.type, before.inputs, before.outputs, resource.inputs,
+                resource.ignore_changes,
+            )  # fmt: skip
+            planned[resource.urn] = engine.step(resource.type, changed, resource.replace_on_changes)
+        return planned
+
     def depends_on(self, resource: Resource, other: Resource) -> bool:
         """Whether `resource` waits for `other`, directly or through other resources."""
         return other.urn in self.ancestors(resource)
@@ -134,8 +142,9 @@ def _digest(name: str) -> bytes:
 
 
 def fake_outputs(type_token: str, name: str, inputs: dict[str, Any]) -> dict[str, Any]:
-    """Inputs plus the outputs a provider would compute, derived from the name alone."""
-    outputs = dict(inputs)
+    """Inputs as the provider reads them back, plus the outputs it would compute (derived
+    from the name alone)."""
+    outputs = engine.read_back(type_token, inputs)
     seed = _digest(name)
     if type_token == "random:index/randomPassword:RandomPassword":
         outputs["result"] = base64.b32encode(seed).decode().rstrip("=")[: int(inputs["length"])]
@@ -168,10 +177,15 @@ class GraphMocks(pulumi.runtime.Mocks):
 
     `new_resource` runs inside `MockMonitor.RegisterResource`, on the thread that registers:
     the answer waits in that thread's storage under (type, name) until the monitor takes it.
+
+    With `prior` (the graph of an earlier run, standing for the stack's state), a resource
+    the engine would leave alone ("same": no change the provider would see, after
+    `ignore_changes`) gets its old ID and outputs back, as in a real `up`.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, prior: Graph | None = None) -> None:
         self._local = threading.local()
+        self._prior = {(r.type, r.name): r for r in prior.resources} if prior else {}
 
     def _answers(self) -> dict[tuple[str, str], tuple[dict[str, Any], dict[str, Any]]]:
         answers: dict[tuple[str, str], tuple[dict[str, Any], dict[str, Any]]] | None
@@ -180,10 +194,34 @@ class GraphMocks(pulumi.runtime.Mocks):
             answers = self._local.answers = {}
         return answers
 
+    def expect_options(self, ignore_changes: list[str], replace_on_changes: list[str]) -> None:
+        """The options of the registration this thread is about to make."""
+        self._local.ignore_changes = ignore_changes
+        self._local.replace_on_changes = replace_on_changes
+
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
-        outputs = fake_outputs(args.typ, args.name, args.inputs)
-        self._answers()[(args.typ, args.name)] = (dict(args.inputs), outputs)
+        inputs = dict(args.inputs)
+        old = self._prior.get((args.typ, args.name))
+        if old is not None:
+            ignored = getattr(self._local, "ignore_changes", [])
+            for key in ignored:  # the engine keeps the old value of an ignored input
+                if key in old.inputs:
+                    inputs[key] = old.inputs[key]
+            changed = engine.changed_keys(args.typ, old.inputs, old.outputs, inputs, ignored)
+            if not changed:
+                self._answers()[(args.typ, args.name)] = (inputs, old.outputs)
+                return old.id, old.outputs
+            outputs = fake_outputs(args.typ, args.name, inputs)
+            self._answers()[(args.typ, args.name)] = (inputs, outputs)
+            # An update keeps the ID; a replacement is a new object with a new ID.
+            replaced = engine.step(args.typ, changed, self._replace_on_changes()) == "replace"
+            return (f"{old.id}-replaced" if replaced else old.id), outputs
+        outputs = fake_outputs(args.typ, args.name, inputs)
+        self._answers()[(args.typ, args.name)] = (inputs, outputs)
         return fake_id(args.typ, args.name), outputs
+
+    def _replace_on_changes(self) -> list[str]:
+        return list(getattr(self._local, "replace_on_changes", []))
 
     def take(self, type_token: str, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
         """Inputs and outputs of the registration of (type, name) this thread just made."""
@@ -211,6 +249,7 @@ class RecordingMonitor(MockMonitor):
         self._lock = threading.Lock()
 
     def RegisterResource(self, request: Any) -> Any:
+        self.answers.expect_options(list(request.ignoreChanges), list(request.replaceOnChanges))
         response = super().RegisterResource(request)  # type: ignore[no-untyped-call]
         if request.type == STACK_TYPE:  # answered by the monitor, not the mocks
             return response
@@ -230,6 +269,9 @@ class RecordingMonitor(MockMonitor):
             },
             delete_before_replace=bool(request.deleteBeforeReplace),
             retain_on_delete=bool(request.retainOnDelete),
+            ignore_changes=list(request.ignoreChanges),
+            replace_on_changes=list(request.replaceOnChanges),
+            protect=bool(request.protect),
         )
         with self._lock:
             self.graph.resources.append(resource)
@@ -241,13 +283,19 @@ class RecordingMonitor(MockMonitor):
             self.graph.resources.sort(key=lambda resource: (resource.urn, resource.id))
 
 
-def run_program(config: dict[str, str], stack: str = "dev", graph: Graph | None = None) -> Graph:
+def run_program(
+    config: dict[str, str],
+    stack: str = "dev",
+    graph: Graph | None = None,
+    prior: Graph | None = None,
+) -> Graph:
     """Run the program with `config` (already encoded as Pulumi passes it). Pass `graph` to
-    inspect what was registered even when the program raises."""
+    inspect what was registered even when the program raises, and `prior` to run it again
+    against the state an earlier run left (see `Graph.steps`)."""
     graph = graph if graph is not None else Graph()
     # The SDK runs on the current event loop; a test that used asyncio.run() leaves none.
     asyncio.set_event_loop(asyncio.new_event_loop())
-    mocks = GraphMocks()
+    mocks = GraphMocks(prior)
     monitor = RecordingMonitor(mocks, graph)
     pulumi.runtime.set_mocks(
         mocks, project="unityplan-infra", stack=stack, preview=False, monitor=monitor

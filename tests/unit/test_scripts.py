@@ -13,9 +13,17 @@ import os
 import shutil
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 OUTPUTS = {"pods": {}, "natsClientPassword": "s3cret"}
@@ -44,10 +52,14 @@ def prepare(tmp_path: Path, verify_exit: int = 0) -> Path:
         record + f'cp "$5" {tmp_path}/outputs-seen.json; stat -c %a "$5" > {tmp_path}/mode\n'
         f"exit {verify_exit}\n",
     )
+    # `config get sshPrivateKey` answers from the file `ssh-key` (absent: not set, exit 1);
+    # `up` records the keys its ssh-agent holds (`ssh-add -L`; none: exit 1).
     pulumi = record + (
         'case "$1" in\n'
         "  version) echo v3.272.0 ;;\n"
         f"  stack) if [ \"$2\" = output ]; then echo '{json.dumps(OUTPUTS)}'; fi ;;\n"
+        f"  config) cat {tmp_path}/ssh-key 2>/dev/null || exit 1 ;;\n"
+        f"  up) ssh-add -L > {tmp_path}/agent-keys 2>&1; echo \"$SSH_AUTH_SOCK\" > {tmp_path}/agent ;;\n"
         "esac\n"
     )
     make_stub(tmp_path / "bin" / "pulumi", pulumi)
@@ -80,14 +92,43 @@ def test_up_deploys_dev_on_a_local_backend_with_a_passphrase_outside_it(tmp_path
     assert calls[0].startswith("pulumi version")
     assert calls[1].startswith("pip install -q --disable-pip-version-check -r requirements.txt")
     assert calls[2].startswith("pulumi stack select --create dev")
-    assert calls[3].startswith("pulumi up --stack dev |")
-    assert f"backend=file://{state}" in calls[3]
-    assert f"passfile={passphrase}" in calls[3]
+    assert calls[3].startswith("pulumi config get sshPrivateKey --stack dev |")
+    assert calls[4].startswith("pulumi up --stack dev |")
+    assert f"backend=file://{state}" in calls[4]
+    assert f"passfile={passphrase}" in calls[4]
     # One copy of the state directory must not open the secrets.
     assert not passphrase.is_relative_to(state)
     assert stat.S_IMODE(passphrase.stat().st_mode) == 0o600
     assert stat.S_IMODE(passphrase.parent.stat().st_mode) == 0o700
     assert len(passphrase.read_text().strip()) >= 40
+
+
+def test_a_configured_ssh_key_is_in_an_agent_for_the_command_only(tmp_path: Path) -> None:
+    """sshPrivateKey reaches `pulumi up` through an ssh-agent of its own, never as an
+    argument or variable; the agent ends with the command."""
+    project = prepare(tmp_path)
+    key = Ed25519PrivateKey.generate()
+    (tmp_path / "ssh-key").write_bytes(
+        key.private_bytes(Encoding.PEM, PrivateFormat.OpenSSH, NoEncryption())
+    )
+    public = key.public_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode()
+    result, calls = run(tmp_path, project, "up.sh", "nordic", env={"SSH_AUTH_SOCK": ""})
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "agent-keys").read_text().split()[:2] == public.split()[:2]
+    up = next(call for call in calls if call.startswith("pulumi up"))
+    assert "OPENSSH PRIVATE KEY" not in up
+    socket = Path((tmp_path / "agent").read_text().strip())
+    deadline = time.monotonic() + 5
+    while socket.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)  # ssh-agent removes its socket as it exits
+    assert not socket.exists()
+
+
+def test_without_a_configured_key_the_callers_agent_is_used(tmp_path: Path) -> None:
+    project = prepare(tmp_path)
+    result, _ = run(tmp_path, project, "up.sh", env={"SSH_AUTH_SOCK": "/run/caller-agent"})
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "agent").read_text().strip() == "/run/caller-agent"
 
 
 def test_a_passphrase_left_in_the_state_dir_by_older_versions_moves_out(tmp_path: Path) -> None:

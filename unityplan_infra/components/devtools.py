@@ -15,6 +15,7 @@ from unityplan_infra.components.host import HostAccess, container, stack_network
 from unityplan_infra.components.pod import PodStack
 from unityplan_infra.render.dashboard import render_dashboard
 from unityplan_infra.topology.plan import Deployment
+from unityplan_infra.topology.stop import stop_grace_seconds
 
 
 def redis_hosts(deployment: Deployment, passwords: Mapping[str, str]) -> str:
@@ -63,6 +64,7 @@ class DevTools(pulumi.ComponentResource):
             host=host,
             image=images.dashboard,
             parent=self,
+            grace_seconds=stop_grace_seconds("devtool"),
             bindings=plan.ports_of("dev-dashboard"),
             networks=networks,
             healthcheck="wget -q -O /dev/null http://127.0.0.1:80/",
@@ -74,6 +76,7 @@ class DevTools(pulumi.ComponentResource):
             host=host,
             image=images.adminer,
             parent=self,
+            grace_seconds=stop_grace_seconds("devtool"),
             bindings=plan.ports_of("dev-adminer"),
             networks=networks,
             envs=[f"ADMINER_DEFAULT_SERVER={postgres_server(deployment)}"],
@@ -83,6 +86,7 @@ class DevTools(pulumi.ComponentResource):
             host=host,
             image=images.mailhog,
             parent=self,
+            grace_seconds=stop_grace_seconds("devtool"),
             bindings=plan.ports_of("dev-mailhog"),
             networks=networks,
         )
@@ -92,6 +96,7 @@ class DevTools(pulumi.ComponentResource):
             host=host,
             image=images.redis_commander,
             parent=self,
+            grace_seconds=stop_grace_seconds("devtool"),
             bindings=plan.ports_of("dev-redis-commander"),
             networks=networks,
             envs=pulumi.Output.secret(

@@ -62,7 +62,6 @@ class HetznerHosts(pulumi.ComponentResource):
         self,
         deployment: Deployment,
         *,
-        ssh_private_key: pulumi.Input[str] | None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("unityplan:infra:HetznerHosts", "servers", None, opts)
@@ -122,23 +121,26 @@ class HetznerHosts(pulumi.ComponentResource):
                     ),
                 )
         for host in deployment.hosts:
-            self.remote_hosts[host.name] = self._connect(host, ssh_private_key)
+            self.remote_hosts[host.name] = self._connect(host)
         self.register_outputs(
             {"servers": {name: server.ipv4_address for name, server in self.servers.items()}}
         )
 
-    def _connect(self, host: HostPlan, private_key: pulumi.Input[str] | None) -> RemoteHost:
+    def _connect(self, host: HostPlan) -> RemoteHost:
         spec = host.spec
         if isinstance(spec, SshHost):
             address: pulumi.Output[str] = pulumi.Output.from_input(spec.address)
             user, port = spec.user, spec.port
         else:
             address, user, port = self.servers[host.name].ipv4_address, "root", 22
+        # No credential here: the provider authenticates through the ssh-agent of whoever
+        # runs `up` (SSH_AUTH_SOCK), as `ssh` and the Docker provider do. A connection is an
+        # input of every remote command, and a changed input re-runs the command: a rotated
+        # key must not restart every service.
         connection = command.remote.ConnectionArgs(
             host=address,
             user=user,
             port=port,
-            private_key=private_key,
             dial_error_limit=60,  # a new server takes a minute or two to accept SSH
             per_dial_timeout=15,
         )

@@ -18,9 +18,9 @@ import pulumi
 import pulumi_command as command
 import pulumi_docker as docker
 
+from unityplan_infra.topology import health
 from unityplan_infra.topology.plan import HostPlan, PortBinding
-
-HEALTH_INTERVAL = "10s"
+from unityplan_infra.topology.stop import stop_grace_seconds
 
 
 def sha256(text: str) -> str:
@@ -113,15 +113,18 @@ class HostAccess:
 
     plan: HostPlan
     docker_provider: docker.Provider
-    config_root: str
+    config_root: pulumi.Input[str]
+    """Where files for bind mounts live; an Output when it was pinned at the first `up`."""
     docker_host: str
     connection: command.remote.ConnectionArgs | None = None  # None: this machine
     ready: Sequence[pulumi.Resource] = ()
     images: dict[str, docker.RemoteImage] = field(default_factory=dict)
     image_parent: pulumi.Resource | None = None
 
-    def path(self, *parts: str) -> str:
-        return posixpath.join(self.config_root, *parts)
+    def path(self, *parts: str) -> pulumi.Output[str]:
+        return pulumi.Output.from_input(self.config_root).apply(
+            lambda root: posixpath.join(root, *parts)
+        )
 
     def run(
         self,
@@ -175,11 +178,15 @@ class HostAccess:
         The content travels on stdin, so secrets never appear on a command line or in logs.
         A binary file travels as base64 text (`base64_stdin`).
         """
-        path = self.path(relative_path)
+        script = pulumi.Output.from_input(self.config_root).apply(
+            lambda root: write_file_script(
+                root, posixpath.join(root, relative_path), reload, in_place, mode, base64_stdin
+            )
+        )
         digest = pulumi.Output.from_input(content).apply(sha256)
         return self.run(
             name,
-            create=write_file_script(self.config_root, path, reload, in_place, mode, base64_stdin),
+            create=script,
             stdin=content,
             triggers=[digest],
             parent=parent,
@@ -207,6 +214,7 @@ class Attachment:
     """A container's place on a Docker network."""
 
     network: pulumi.Input[str]
+    """The network's ID: a replaced network changes it, so its containers follow."""
     aliases: Sequence[str] = ()
 
 
@@ -226,6 +234,7 @@ def container(
     host: HostAccess,
     image: str,
     parent: pulumi.Resource,
+    grace_seconds: int,
     bindings: Sequence[PortBinding] = (),
     bind_address: str | None = None,
     networks: Sequence[Attachment] = (),
@@ -233,7 +242,7 @@ def container(
     command_args: Sequence[str] | None = None,
     healthcheck: str | None = None,
     volumes: Sequence[tuple[docker.Volume, str]] = (),
-    binds: Sequence[tuple[str, str]] = (),
+    binds: Sequence[tuple[pulumi.Input[str], str]] = (),
     depends_on: Sequence[pulumi.Resource] = (),
     public_container_ports: Sequence[int] = (),
     pid_mode: str | None = None,
@@ -247,6 +256,11 @@ def container(
     bind to the host's internal address, except `public_container_ports` (all interfaces).
     `resource_name` (default: the container name) must be unique in the stack: containers
     that run once per host share a container name but not a resource name.
+
+    `grace_seconds` (topology/stop.py) is how long a stop waits before SIGKILL, whoever
+    stops it: the provider on replace or destroy, `docker stop`, or the daemon at shutdown.
+    Every input the provider reads back is written the way it reads it back (sorted ports,
+    Go durations), so an unchanged program shows no diff.
     """
     address = bind_address or host.plan.internal_address
     return docker.Container(
@@ -255,6 +269,7 @@ def container(
         image=host.image(image).image_id,
         restart="unless-stopped",
         must_run=True,
+        # Read back sorted by container port (the provider's flattenContainerPorts).
         ports=[
             docker.ContainerPortArgs(
                 internal=binding.container_port,
@@ -262,7 +277,7 @@ def container(
                 ip="0.0.0.0" if binding.container_port in public_container_ports else address,
                 protocol=binding.protocol,
             )
-            for binding in bindings
+            for binding in sorted(bindings, key=lambda b: (b.container_port, b.protocol))
         ],
         networks_advanced=[
             docker.ContainerNetworksAdvancedArgs(name=net.network, aliases=list(net.aliases))
@@ -273,16 +288,18 @@ def container(
         healthcheck=(
             docker.ContainerHealthcheckArgs(
                 tests=["CMD-SHELL", healthcheck],
-                interval=HEALTH_INTERVAL,
-                timeout="5s",
-                retries=6,
-                start_period="60s",
+                interval=health.go_duration(health.INTERVAL),
+                timeout=health.go_duration(health.TIMEOUT),
+                retries=health.RETRIES,
+                start_period=health.go_duration(health.START_PERIOD),
             )
             if healthcheck
             else None
         ),
         wait=healthcheck is not None,
         wait_timeout=300,
+        destroy_grace_seconds=grace_seconds,
+        stop_timeout=grace_seconds,
         volumes=[
             docker.ContainerVolumeArgs(volume_name=volume.name, container_path=path)
             for volume, path in volumes
@@ -296,6 +313,9 @@ def container(
             provider=host.docker_provider,
             depends_on=[*host.ready, *depends_on],
             delete_before_replace=True,
+            # The provider's update ignores the healthcheck (it changes state, not Docker):
+            # a new healthcheck only takes effect in a new container.
+            replace_on_changes=["healthcheck"],
         ),
         pid_mode=pid_mode,
         privileged=privileged,
@@ -324,7 +344,7 @@ class DockerHost(pulumi.ComponentResource):
         plan: HostPlan,
         *,
         docker_host: pulumi.Input[str],
-        config_root: str,
+        config_root: pulumi.Input[str],
         connection: command.remote.ConnectionArgs | None = None,
         ready: Sequence[pulumi.Resource] = (),
         ssh_opts: Sequence[str] = (),
@@ -370,6 +390,7 @@ class HostExporters(pulumi.ComponentResource):
             host=host,
             image=images.node_exporter,
             parent=self,
+            grace_seconds=stop_grace_seconds("exporter"),
             bindings=plan.ports_of("monitoring-node-exporter"),
             networks=networks,
             command_args=["--path.rootfs=/host"],
@@ -383,6 +404,7 @@ class HostExporters(pulumi.ComponentResource):
             host=host,
             image=images.cadvisor,
             parent=self,
+            grace_seconds=stop_grace_seconds("exporter"),
             bindings=plan.ports_of("monitoring-cadvisor"),
             networks=networks,
             healthcheck="wget -q -O /dev/null http://127.0.0.1:8080/healthz",

@@ -68,6 +68,9 @@ class MeshNetwork(pulumi.ComponentResource):
             parent=self,
             provider=monitoring_host.docker_provider,
             depends_on=[*monitoring_host.ready, *self.peers.values()],
+            # Docker refuses a second network of the same name: the old one goes first
+            # (its containers, attached by ID, are replaced with it).
+            delete_before_replace=True,
         )
         self.mesh_network = None
         if remote_hosts is None:

@@ -20,6 +20,7 @@ from unityplan_infra.render.grafana import render_datasources
 from unityplan_infra.render.prometheus import render_prometheus_config
 from unityplan_infra.render.traefik import render_dynamic_config
 from unityplan_infra.topology.plan import Deployment
+from unityplan_infra.topology.stop import stop_grace_seconds
 
 GRAFANA_ADMIN = "unityplan-admin"
 
@@ -56,6 +57,7 @@ class MonitoringStack(pulumi.ComponentResource):
             host=host,
             image=images.prometheus,
             parent=self,
+            grace_seconds=stop_grace_seconds("prometheus"),
             bindings=plan.ports_of("monitoring-prometheus"),
             networks=networks,
             command_args=[
@@ -79,6 +81,7 @@ class MonitoringStack(pulumi.ComponentResource):
             host=host,
             image=images.grafana,
             parent=self,
+            grace_seconds=stop_grace_seconds("grafana"),
             bindings=plan.ports_of("monitoring-grafana"),
             networks=networks,
             envs=self.grafana_admin_password.apply(
@@ -101,6 +104,7 @@ class MonitoringStack(pulumi.ComponentResource):
             host=host,
             image=images.jaeger,
             parent=self,
+            grace_seconds=stop_grace_seconds("jaeger"),
             bindings=plan.ports_of("monitoring-jaeger"),
             networks=networks,
             envs=["COLLECTOR_OTLP_ENABLED=true"],
@@ -115,6 +119,7 @@ class MonitoringStack(pulumi.ComponentResource):
             host=host,
             image=images.traefik,
             parent=self,
+            grace_seconds=stop_grace_seconds("traefik"),
             bindings=plan.ports_of("reverse-proxy-traefik"),
             networks=networks,
             command_args=[

@@ -39,6 +39,7 @@ from unityplan_infra.render.synapse import (
     render_hosts_file,
 )
 from unityplan_infra.topology.plan import Deployment, PodPlan
+from unityplan_infra.topology.stop import stop_grace_seconds
 
 DB_OWNER = "unityplan"
 
@@ -74,14 +75,17 @@ class PodStack(pulumi.ComponentResource):
             name=pod.network,
             labels=[docker.NetworkLabelArgs(label="unityplan.pod", value=code)],
             opts=pulumi.ResourceOptions(
-                parent=self, provider=host.docker_provider, depends_on=list(host.ready)
+                parent=self,
+                provider=host.docker_provider,
+                depends_on=list(host.ready),
+                delete_before_replace=True,  # a name exists once per engine
             ),
         )
 
         def networks(*aliases: str, mesh_aliases: Sequence[str] = ()) -> list[Attachment]:
             # Short aliases (`postgres`) only on the pod network: on the mesh they would
             # clash between pods. Docker resolves an alias only on its own network.
-            attached = [Attachment(network.name, aliases)]
+            attached = [Attachment(network.id, aliases)]
             if mesh_network is not None:
                 attached.append(Attachment(mesh_network, mesh_aliases))
             return attached
@@ -103,6 +107,7 @@ class PodStack(pulumi.ComponentResource):
                 host=host,
                 image=images.postgres,
                 parent=self,
+                grace_seconds=stop_grace_seconds("postgres"),
                 bindings=pod.ports_of(pod.service("postgres")),
                 networks=networks("postgres"),
                 envs=pulumi.Output.all(self.postgres_password).apply(
@@ -142,6 +147,7 @@ class PodStack(pulumi.ComponentResource):
                 host=host,
                 image=images.redis,
                 parent=self,
+                grace_seconds=stop_grace_seconds("redis"),
                 bindings=pod.ports_of(pod.service("redis")),
                 networks=networks("redis"),
                 envs=self.redis_password.apply(lambda secret: [f"REDIS_PASSWORD={secret}"]),
@@ -169,6 +175,7 @@ class PodStack(pulumi.ComponentResource):
                 host=host,
                 image=images.nats,
                 parent=self,
+                grace_seconds=stop_grace_seconds("nats"),
                 bindings=pod.ports_of(pod.service("nats")),
                 networks=networks("nats"),
                 command_args=["--config", "/config/nats.json"],
@@ -198,6 +205,7 @@ class PodStack(pulumi.ComponentResource):
                 host=host,
                 image=images.ipfs,
                 parent=self,
+                grace_seconds=stop_grace_seconds("ipfs"),
                 bindings=pod.ports_of(pod.service("ipfs")),
                 networks=networks("ipfs"),
                 envs=[
@@ -238,6 +246,7 @@ class PodStack(pulumi.ComponentResource):
                 host=host,
                 image=images.matrix,
                 parent=self,
+                grace_seconds=stop_grace_seconds("matrix"),
                 bindings=pod.ports_of(pod.service("matrix")),
                 # Peers federate with <code>.<matrixDomain>: resolvable on the mesh.
                 networks=networks("matrix", mesh_aliases=[pod.matrix_server_name]),
@@ -354,6 +363,7 @@ class PodStack(pulumi.ComponentResource):
                     host=self._host,
                     image=image,
                     parent=self,
+                    grace_seconds=stop_grace_seconds("exporter"),
                     bindings=pod.ports_of(pod.exporter(kind)),
                     networks=attach(),
                     envs=envs,

@@ -68,10 +68,8 @@ class NatsStreams(pulumi.ComponentResource):
         )  # fmt: skip
         self.job = host.run(
             "nats-streams-apply",
-            create=pulumi.Output.from_input(network).apply(
-                lambda net: job_command(
-                    deployment.config.images.stream_job, host.path(JOB_DIR), net
-                )
+            create=pulumi.Output.all(host.path(JOB_DIR), network).apply(
+                lambda values: job_command(deployment.config.images.stream_job, *values)
             ),
             stdin=pulumi.Output.secret(spec),
             triggers=[

@@ -18,7 +18,8 @@ from unityplan_infra.config.models import StackConfig
 from unityplan_infra.topology.plan import Deployment, plan_deployment
 
 _HOST_KINDS = {"hcloud", "ssh"}
-# Secret settings read by the program directly (never part of the validated model).
+# Secret settings read by the scripts, not by the program: scripts/setup.sh loads
+# sshPrivateKey into an ssh-agent, so no credential is ever an input of a resource.
 SECRET_KEYS = {"sshPrivateKey"}
 
 
