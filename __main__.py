@@ -13,6 +13,8 @@ except ConfigError as error:
     # Raised before any resource is registered: an invalid config deploys nothing.
     raise pulumi.RunError(str(error)) from None
 
+for warning in deployment.config.warnings():
+    pulumi.log.warn(warning)
 outputs = deploy(deployment, stack=pulumi.get_stack())
 for name, value in outputs.items():
     pulumi.export(name, value)

@@ -104,7 +104,7 @@ def deploy(deployment: Deployment, *, stack: str) -> dict[str, Any]:
         urls |= monitoring.urls
         outputs["grafanaAdminUser"] = "unityplan-admin"
         outputs["grafanaAdminPassword"] = monitoring.grafana_admin_password
-    if config.dev_tools.enabled:
+    if config.dev_tools_enabled:
         tools = DevTools(
             deployment,
             host=monitoring_host,

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.support.mocks import Graph, Resource, is_secret, run_program, unwrap
-from tests.support.stackfile import as_pulumi_config, stack_values
+from tests.support.stackfile import SSH_HOST_KEY, as_pulumi_config, stack_values
 from unityplan_infra.crypto.keys import wireguard_public_key
 from unityplan_infra.render.cloudinit import render_cloud_config
 
@@ -55,13 +55,11 @@ POD_CONTAINER_KINDS = (
     "monitoring-postgres-exporter", "monitoring-redis-exporter", "monitoring-nats-exporter",
 )  # fmt: skip
 PER_HOST_CONTAINERS = ("monitoring-node-exporter", "monitoring-cadvisor")
+# Dev tools are off by default in multi-host (test_security.py covers turning them on).
 MONITORING_CONTAINERS = (
     "monitoring-prometheus", "monitoring-grafana", "monitoring-jaeger", "reverse-proxy-traefik",
-    "dev-dashboard", "dev-adminer", "dev-mailhog", "dev-redis-commander",
 )  # fmt: skip
-# Documented in components/devtools.py: Redis Commander's list of Redis servers is in its
-# environment, so adding a pod replaces this stateless dev tool (and no other container).
-REPLACED_WHEN_A_POD_IS_ADDED = {("dk", "dev-redis-commander")}
+REPLACED_WHEN_A_POD_IS_ADDED: set[tuple[str, str]] = set()
 
 FINLAND = {
     "code": "fi",
@@ -483,6 +481,7 @@ def test_ssh_hosts_keep_their_port_and_bracket_ipv6() -> None:
         "kind": "ssh",
         "address": "2001:db8::10",
         "port": 2222,
+        "hostKey": SSH_HOST_KEY,
     }
     graph = run_program(as_pulumi_config(values), "nordic")
     provider = unwrap(graph.named("host-se-docker").inputs)

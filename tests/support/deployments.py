@@ -6,7 +6,7 @@ import copy
 from functools import cache
 from typing import Any
 
-from tests.support.stackfile import as_pulumi_config, stack_values
+from tests.support.stackfile import SSH_HOST_KEY, as_pulumi_config, stack_values
 from unityplan_infra.config.loader import load_deployment
 from unityplan_infra.topology.plan import Deployment
 
@@ -41,7 +41,11 @@ def multi_host_deployment() -> Deployment:
     """The dev pods, one per SSH host: three hosts instead of one."""
     pods = [
         {"code": code, "name": name, "slot": slot,
-         "host": {"kind": "ssh", "address": f"192.0.2.{slot}"}}
+         "host": {"kind": "ssh", "address": f"192.0.2.{slot}", "hostKey": SSH_HOST_KEY}}
         for slot, (code, name) in enumerate(PODS.items(), start=1)
     ]  # fmt: skip
-    return deployment_of({"unityplan-infra:layout": "multi-host", "unityplan-infra:pods": pods})
+    return deployment_of({
+        "unityplan-infra:layout": "multi-host", "unityplan-infra:pods": pods,
+        "unityplan-infra:webDomain": "ops.unityplan.org",
+        "unityplan-infra:acme": {"email": "ops@unityplan.org"},
+    })  # fmt: skip

@@ -10,7 +10,7 @@ import pulumi
 import pytest
 
 from tests.support.mocks import Graph, run_program
-from tests.support.stackfile import as_pulumi_config, stack_values
+from tests.support.stackfile import SSH_HOST_KEY, as_pulumi_config, stack_values
 from unityplan_infra.config.errors import ConfigError
 from unityplan_infra.config.loader import load_deployment, namespace_values
 
@@ -80,7 +80,8 @@ BAD = [
     ("remote docker engine", set_key("dockerHost", "ssh://root@192.0.2.1"), "dockerHost",
      "'ssh://root@192.0.2.1'"),
     ("host in single-host",
-     with_pods([{**PODS[0], "host": {"kind": "ssh", "address": "192.0.2.1"}}, *PODS[1:]]),
+     with_pods([{**PODS[0], "host": {"kind": "ssh", "address": "192.0.2.1",
+                                     "hostKey": SSH_HOST_KEY}}, *PODS[1:]]),
      "pods[0].host", "'ssh'"),
 ]  # fmt: skip
 

@@ -16,7 +16,7 @@ import pulumi
 import pytest
 
 from tests.support.mocks import Graph, run_program
-from tests.support.stackfile import as_pulumi_config, stack_values
+from tests.support.stackfile import SSH_HOST_KEY, as_pulumi_config, stack_values
 from unityplan_infra.config.errors import ConfigError
 from unityplan_infra.config.loader import load_deployment
 
@@ -64,7 +64,7 @@ CASES = {
         _host(0, serverType="cx11"), "pods[0].host.serverType", "cx11", "'cx11'"
     ),
     "ssh host without address": BadConfig(
-        _pod(2, host={"kind": "ssh", "user": "root"}), "pods[2].host.address", None, "missing"
+        _pod(2, host={"kind": "ssh", "user": "root", "hostKey": SSH_HOST_KEY}), "pods[2].host.address", None, "missing"
     ),
     "monitoring host not a pod": BadConfig(
         _setting("monitoring", host="fi"), "monitoring.host", "fi", "'fi'"
@@ -82,7 +82,8 @@ CASES = {
         "'not-a-cidr'",
     ),
     "ssh host as a non-root user": BadConfig(
-        _pod(2, host={"kind": "ssh", "address": "192.0.2.30", "user": "deploy"}),
+        _pod(2, host={"kind": "ssh", "address": "192.0.2.30", "user": "deploy",
+                      "hostKey": SSH_HOST_KEY}),
         "pods[2].host.user",
         "deploy",
         "'deploy'",
@@ -144,7 +145,7 @@ def test_program_fails_before_registering_anything(case: BadConfig) -> None:
 @pytest.mark.parametrize("keys", [{}, {"sshPublicKey": "ssh-ed25519 AAAA x", "sshKeyName": "k"}])
 def test_exactly_one_ssh_key_setting(keys: dict[str, str]) -> None:
     values = copy.deepcopy(stack_values(STACK))
-    values[f"{NS}:hetzner"] = {"adminCidrs": ["198.51.100.7/32"], **keys}
+    values[f"{NS}:hetzner"] = {"adminCidrs": ["198.18.7.7/32"], **keys}
     with pytest.raises(ConfigError) as raised:
         load_deployment(as_pulumi_config(values))
     (problem,) = raised.value.problems

@@ -11,10 +11,12 @@ import ipaddress
 import re
 from typing import Annotated, Literal
 
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from unityplan_infra.config.errors import ConfigIssue
+from unityplan_infra.config.errors import NAMESPACE, ConfigIssue
 
 # Hetzner Cloud locations (2026). None is in Denmark, Norway or Sweden: hel1 is the only
 # Nordic one, which is why it is the default and why pods can also use an `ssh` host.
@@ -32,7 +34,30 @@ HETZNER_SERVER_TYPES = (
 MAX_SPREAD_SERVERS = 10  # Hetzner's limit per spread placement group
 TERRITORY_CODE = re.compile(r"^[a-z]{2,3}$")
 POD_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
-IMAGE_REF = re.compile(r"^[a-z0-9./_-]+(:[0-9]+)?[a-z0-9./_-]*:[A-Za-z0-9._-]+$")
+IMAGE_REF = re.compile(
+    r"^[a-z0-9./_-]+(:[0-9]+)?[a-z0-9./_-]*:[A-Za-z0-9._-]+(@sha256:[0-9a-f]{64})?$"
+)
+# RFC 5737: addresses for documentation. No administrator connects from one, so an
+# allow-list holding one is a placeholder that was never replaced.
+DOCUMENTATION_NETWORKS = tuple(
+    ipaddress.ip_network(net)
+    for net in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32")
+)
+EVERYWHERE = ("0.0.0.0/0", "::/0")
+# RFC 2606 / 6761: names reserved for examples and tests; Let's Encrypt issues no
+# certificate for them and refuses them as contact addresses.
+RESERVED_DOMAINS = ("example.com", "example.net", "example.org", "example", "test", "invalid",
+                    "localhost", "local")  # fmt: skip
+DNS_NAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+
+
+def reserved_domain(name: str) -> bool:
+    labels = name.lower().rstrip(".").split(".")
+    return any(".".join(labels[-n:]) in RESERVED_DOMAINS for n in (1, 2))
+
+
+def public_dns_name(name: str) -> bool:
+    return bool(DNS_NAME.fullmatch(name)) and not reserved_domain(name)
 
 
 class Model(BaseModel):
@@ -50,6 +75,12 @@ class HcloudHost(Model):
     server_type: str = "cx23"
     location: str = "hel1"
     image: str = "docker-ce"  # Hetzner app image with Docker preinstalled
+    # A server holds its pod's data: Pulumi `protect` and Hetzner's delete and rebuild
+    # protection stay on until the operator retires the pod deliberately (README).
+    protect: bool = True
+    # Changing serverType powers the server off (hard) for the resize; it applies only
+    # when the operator allows it here, never as a side effect of editing the type.
+    allow_resize: bool = False
 
     @field_validator("location")
     @classmethod
@@ -78,8 +109,16 @@ class SshHost(Model):
 
     kind: Literal["ssh"]
     address: str
+    # The server's own host key, pinned for every SSH connection the program and `verify`
+    # make: `ssh-keyscan -t ed25519 <address>`, checked out of band (console, provider).
+    host_key: str
     user: str = "root"
     port: int = Field(default=22, ge=1, le=65535)
+
+    @field_validator("host_key")
+    @classmethod
+    def _host_key(cls, value: str) -> str:
+        return parse_host_key(value)
 
     @field_validator("user")
     @classmethod
@@ -103,6 +142,22 @@ class SshHost(Model):
                 "give the server's public IPv4 or IPv6 address (it is the WireGuard endpoint)",
             ) from error
         return value
+
+
+def parse_host_key(value: str) -> str:
+    """`<type> <base64>` of an OpenSSH public key line (comment and host name dropped)."""
+    words = value.split()
+    if words and not words[0].startswith(("ssh-", "ecdsa-")):
+        words = words[1:]  # a line of ssh-keyscan or known_hosts starts with the host
+    try:
+        load_ssh_public_key(" ".join(words[:2]).encode())
+    except (ValueError, UnsupportedAlgorithm) as error:
+        raise ConfigIssue(
+            "not an SSH host public key",
+            "paste the server's key as 'ssh-ed25519 AAAA...' (ssh-keyscan -t ed25519"
+            " <address>, verified against the provider's console)",
+        ) from error
+    return " ".join(words[:2])
 
 
 HostSpec = Annotated[HcloudHost | SshHost, Field(discriminator="kind")]
@@ -212,9 +267,10 @@ class Images(Model):
     @field_validator("*")
     @classmethod
     def _pinned(cls, value: str) -> str:
-        if not IMAGE_REF.fullmatch(value) or value.endswith(":latest"):
+        if not IMAGE_REF.fullmatch(value) or ":latest" in value:
             raise ConfigIssue(
-                "an image must name an exact tag", "write it like 'redis:7.4.1-alpine'"
+                "an image must name an exact tag, optionally pinned by digest",
+                "write it like 'redis:7.4.1-alpine' or 'traefik:v3.2.3@sha256:<64 hex digits>'",
             )
         return value
 
@@ -238,7 +294,33 @@ class Monitoring(Model):
 class DevTools(Model):
     """Dashboard, Adminer, MailHog, Redis Commander."""
 
-    enabled: bool = True
+    # Default: on in single-host, off in multi-host. Turned on in multi-host they listen on
+    # the monitoring host's loopback only, behind SSH (README, "Security model").
+    enabled: bool | None = None
+
+
+class Acme(Model):
+    """Let's Encrypt certificates for Traefik (multi-host: required with monitoring)."""
+
+    email: str
+    challenge: Literal["tls-alpn-01", "http-01"] = "tls-alpn-01"
+    # Let's Encrypt's staging CA: untrusted certificates, generous rate limits (for trials).
+    staging: bool = False
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, value: str) -> str:
+        local, _, domain = value.partition("@")
+        if not local or "." not in domain or " " in value:
+            raise ConfigIssue(
+                "not an email address", "give the address Let's Encrypt writes to about expiry"
+            )
+        if reserved_domain(domain):
+            raise ConfigIssue(
+                f"{domain} is reserved for examples (RFC 2606); Let's Encrypt refuses it",
+                "give a real address of yours: pulumi config set --path acme.email <address>",
+            )
+        return value
 
 
 class Hetzner(Model):
@@ -286,12 +368,23 @@ class Hetzner(Model):
             )
         for cidr in value:
             try:
-                ipaddress.ip_network(cidr, strict=True)
+                network = ipaddress.ip_network(cidr, strict=True)
             except ValueError as error:
                 raise ConfigIssue(
                     f"{cidr!r} is not a network in CIDR notation",
-                    "write networks like '198.51.100.7/32' (host bits zero)",
+                    "write networks like '<your public IP>/32' (host bits zero)",
                 ) from error
+            if any(
+                network.version == doc.version and network.subnet_of(doc)  # type: ignore[arg-type]
+                for doc in DOCUMENTATION_NETWORKS
+            ):
+                raise ConfigIssue(
+                    f"{cidr} is a documentation address (RFC 5737), the stack file's"
+                    " placeholder: the firewall would let nobody reach SSH and `up` would"
+                    " wait for it",
+                    "set your own public address: pulumi config set --path"
+                    " 'hetzner.adminCidrs[0]' \"$(curl -s https://ifconfig.me)/32\"",
+                )
         return value
 
 
@@ -301,11 +394,17 @@ class StackConfig(Model):
     layout: Literal["single-host", "multi-host"]
     pods: list[Pod]
     publish_address: str = "127.0.0.1"
+    # Publishing every service on all interfaces must be asked for in so many words.
+    allow_publish_on_all_interfaces: bool = False
     docker_host: str = "unix:///var/run/docker.sock"
     config_dir: str | None = None
     matrix_domain: str = "unityplan.local"
-    # Traefik routes <service>.<webDomain> (grafana.localhost, ...).
-    web_domain: str = "localhost"
+    # Traefik routes <service>.<webDomain> (grafana.localhost, ...). Single-host default:
+    # localhost. Multi-host: required (a DNS name pointing at the monitoring host).
+    web_domain: str | None = None
+    acme: Acme | None = None
+    # Who may open the web UIs through Traefik (multi-host). Default: hetzner.adminCidrs.
+    web_allow_cidrs: list[str] | None = None
     # Subnet of unityplan-mesh-network (single-host); Synapse federates within it only.
     mesh_subnet: str = "172.31.240.0/20"
     pod_ports: PodPorts = PodPorts()
@@ -387,6 +486,18 @@ class StackConfig(Model):
                 key="monitoring.host",
                 value=self.monitoring.host,
             )
+        if self.publish_address == "0.0.0.0" and not self.allow_publish_on_all_interfaces:
+            raise ConfigIssue(
+                "0.0.0.0 publishes PostgreSQL, Redis, NATS and every admin UI on all"
+                " interfaces, to anyone who can reach this machine",
+                "use 127.0.0.1 or one interface's address; if you mean it, also set"
+                " allowPublishOnAllInterfaces: true",
+                key="publishAddress",
+                value=self.publish_address,
+            )
+        if self.web_allow_cidrs is not None:
+            for cidr in self.web_allow_cidrs:
+                _network(cidr, "webAllowCidrs")
         if self.layout == "multi-host":
             self._check_multi_host()
         else:
@@ -401,6 +512,32 @@ class StackConfig(Model):
         return self
 
     def _check_multi_host(self) -> None:
+        if self.monitoring.enabled and self.web_domain is None:
+            raise ConfigIssue(
+                "multi-host serves Grafana to the internet over HTTPS, with a certificate"
+                " for a DNS name",
+                "set webDomain to a domain whose grafana.<domain> points at the monitoring"
+                " host (e.g. pulumi config set webDomain ops.example.org)",
+                key="webDomain",
+                value=None,
+            )
+        domain = self.web_domain
+        if self.monitoring.enabled and domain is not None and not public_dns_name(domain):
+            raise ConfigIssue(
+                "not a public DNS name (names like example.org or *.local are reserved"
+                " and get no certificate)",
+                "set webDomain to a domain you control, e.g. ops.unityplan.org",
+                key="webDomain",
+                value=domain,
+            )
+        if self.monitoring.enabled and self.acme is None:
+            raise ConfigIssue(
+                "multi-host gets Grafana's certificate from Let's Encrypt, which needs a"
+                " contact address",
+                "set acme: {email: you@example.org} (optionally challenge: http-01)",
+                key="acme",
+                value=None,
+            )
         for index, pod in enumerate(self.pods):
             if pod.host is None:
                 raise ConfigIssue(
@@ -439,10 +576,61 @@ class StackConfig(Model):
                 seen[pod.host.address] = index
 
     @property
+    def dev_tools_enabled(self) -> bool:
+        """Dev tools: on by default on a single host, off by default across hosts."""
+        if self.dev_tools.enabled is None:
+            return self.layout == "single-host"
+        return self.dev_tools.enabled
+
+    @property
+    def web_host_domain(self) -> str:
+        """The domain Traefik routes under (localhost on a single host)."""
+        return self.web_domain or "localhost"
+
+    @property
+    def web_allow_list(self) -> list[str]:
+        """Networks allowed to the web UIs in multi-host; empty means anyone."""
+        if self.web_allow_cidrs is not None:
+            return list(self.web_allow_cidrs)
+        return list(self.hetzner.admin_cidrs) if self.hetzner else []
+
+    def warnings(self) -> list[str]:
+        """Settings that are valid but probably not meant (shown by `pulumi up`)."""
+        found = []
+        open_lists = {"hetzner.adminCidrs": self.hetzner.admin_cidrs if self.hetzner else []}
+        if self.layout == "multi-host":
+            open_lists["webAllowCidrs"] = self.web_allow_list
+        for key, cidrs in open_lists.items():
+            for cidr in cidrs:
+                if cidr in EVERYWHERE:
+                    found.append(
+                        f"{NAMESPACE}:{key} contains {cidr}: the whole internet may try to"
+                        " log in; list the networks you administer from instead"
+                    )
+        if self.layout == "multi-host" and self.monitoring.enabled and not self.web_allow_list:
+            found.append(
+                f"{NAMESPACE}:webAllowCidrs is empty and no hetzner.adminCidrs apply: Grafana's"
+                " login page is open to the internet; set webAllowCidrs to limit it"
+            )
+        return found
+
+    @property
     def monitoring_pod(self) -> Pod:
         """The pod whose host runs monitoring and dev tools."""
         code = self.monitoring.host or self.pods[0].code
         return next(pod for pod in self.pods if pod.code == code)
+
+
+def _network(cidr: str, key: str) -> None:
+    try:
+        ipaddress.ip_network(cidr, strict=True)
+    except ValueError as error:
+        raise ConfigIssue(
+            f"{cidr!r} is not a network in CIDR notation",
+            "write networks like '<your public IP>/32' (host bits zero)",
+            key=key,
+            value=cidr,
+        ) from error
 
 
 def _unique(pods: list[Pod], field: str) -> None:

@@ -20,13 +20,13 @@ def routed_services(deployment: Deployment) -> dict[str, str]:
         if config.monitoring.enabled:
             services["prometheus"] = "http://monitoring-prometheus:9090"
             services["jaeger"] = "http://monitoring-jaeger:16686"
-        if config.dev_tools.enabled:
+        if config.dev_tools_enabled:
             services["dashboard"] = "http://dev-dashboard:80"
     return services
 
 
 def render_dynamic_config(deployment: Deployment) -> str:
-    domain = deployment.config.web_domain
+    domain = deployment.config.web_host_domain
     routers: dict[str, object] = {}
     backends: dict[str, object] = {}
     for name, url in routed_services(deployment).items():

@@ -282,7 +282,7 @@ class HostPlan:
                 bind("reverse-proxy-traefik", "traefik_https", 443),
                 bind("reverse-proxy-traefik", "traefik_dashboard", 8080),
             ]
-        if self.runs_monitoring and self.config.dev_tools.enabled:
+        if self.runs_monitoring and self.config.dev_tools_enabled:
             address_binds += [
                 bind("dev-dashboard", "dashboard", 80),
                 bind("dev-adminer", "adminer", 8080),
@@ -309,7 +309,7 @@ class HostPlan:
 
     def dev_tool_urls(self) -> dict[str, str]:
         """URLs of the dev tools, where this host runs them."""
-        if not (self.runs_monitoring and self.config.dev_tools.enabled):
+        if not (self.runs_monitoring and self.config.dev_tools_enabled):
             return {}
         address, ports = _reachable(self.internal_address), self.config.host_ports
         return {
