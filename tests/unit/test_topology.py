@@ -49,7 +49,9 @@ def test_multi_host_pods_reach_each_other_over_wireguard() -> None:
     assert [h.name for h in deployment.hosts] == ["dk", "no", "se"]
     assert deployment.pod("no").nats_route == ("10.0.2.1", 6223)
     assert deployment.pod("se").exporter_target("postgres") == "10.0.3.1:9189"
-    assert deployment.pod("se").bind_address == "10.0.3.1"
+    assert deployment.pod("se").address_for("peer") == "10.0.3.1"
+    assert deployment.pod("se").address_for("admin") == "127.0.0.1"
+    assert deployment.pod("se").address_for("public") == "0.0.0.0"
     assert deployment.monitoring_host.name == "dk"
     assert deployment.hosts_by_name["no"].node_exporter_target() == "10.0.2.1:9100"
 
@@ -72,7 +74,11 @@ def test_only_traefik_web_ports_are_public() -> None:
 
 def test_endpoints_use_the_published_address() -> None:
     assert dev_deployment().pod("no").endpoints()["redis"] == "redis://127.0.0.1:6380"
-    assert nordic_deployment().pod("no").endpoints()["redis"] == "redis://10.0.2.1:6380"
+    # Multi-host: as the pod's host sees them; only what peers need is on WireGuard.
+    nordic = nordic_deployment().pod("no").endpoints()
+    assert nordic["redis"] == "redis://127.0.0.1:6380"
+    assert nordic["nats"] == "nats://10.0.2.1:4223"
+    assert nordic["matrixFederation"] == "https://10.0.2.1:8448"
     urls = dev_deployment().monitoring_host.endpoints()
     assert urls["grafana"] == "http://127.0.0.1:3001"
     assert urls["redisCommander"] == "http://127.0.0.1:8082"

@@ -11,27 +11,33 @@ from collections.abc import Mapping
 
 import pulumi
 
-from unityplan_infra.components.host import HostAccess, container, stack_networks
+from unityplan_infra.components.host import Attachment, HostAccess, container, stack_networks
 from unityplan_infra.components.pod import PodStack
 from unityplan_infra.render.dashboard import render_dashboard
-from unityplan_infra.topology.plan import Deployment
+from unityplan_infra.topology.plan import Deployment, PodPlan
 from unityplan_infra.topology.stop import stop_grace_seconds
+
+
+def pods_in_reach(deployment: Deployment) -> list[PodPlan]:
+    """Pods whose databases the dev tools reach by container name: every pod on a single
+    host (over the mesh network); in multi-host only the monitoring host's own, since other
+    hosts keep PostgreSQL and Redis on their loopback (reach those with an SSH forward)."""
+    if deployment.config.layout == "single-host":
+        return list(deployment.pods)
+    return list(deployment.monitoring_host.pods)
 
 
 def redis_hosts(deployment: Deployment, passwords: Mapping[str, str]) -> str:
     """REDIS_HOSTS of Redis Commander: label:host:port:db:password, comma-separated."""
-    entries = []
-    for pod in deployment.pods:
-        host, port = pod.reach(pod.service("redis"), "redis", 6379)
-        entries.append(f"{pod.code}:{host}:{port}:0:{passwords[pod.code]}")
-    return ",".join(entries)
+    return ",".join(
+        f"{pod.code}:{pod.service('redis')}:6379:0:{passwords[pod.code]}"
+        for pod in pods_in_reach(deployment)
+    )
 
 
 def postgres_server(deployment: Deployment) -> str:
-    """Adminer's default server: the first pod's PostgreSQL as the monitoring host sees it."""
-    pod = deployment.pods[0]
-    host, port = pod.reach(pod.service("postgres"), "postgres", 5432)
-    return f"{host}:{port}"
+    """Adminer's default server: the first pod's PostgreSQL in reach."""
+    return f"{pods_in_reach(deployment)[0].service('postgres')}:5432"
 
 
 class DevTools(pulumi.ComponentResource):
@@ -54,6 +60,10 @@ class DevTools(pulumi.ComponentResource):
         plan = host.plan
         self.urls = plan.dev_tool_urls()
         networks = stack_networks(global_network, mesh_network)
+        if mesh_network is None:  # multi-host: join the local pods' own networks
+            networks += [
+                Attachment(pods[pod.code].network_id) for pod in deployment.monitoring_host.pods
+            ]
 
         page = host.config_file(
             "dev-dashboard-page", "dev/dashboard/index.html", render_dashboard(deployment),

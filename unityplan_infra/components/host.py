@@ -236,7 +236,6 @@ def container(
     parent: pulumi.Resource,
     grace_seconds: int,
     bindings: Sequence[PortBinding] = (),
-    bind_address: str | None = None,
     networks: Sequence[Attachment] = (),
     envs: pulumi.Input[Sequence[pulumi.Input[str]]] | None = None,
     command_args: Sequence[str] | None = None,
@@ -244,7 +243,6 @@ def container(
     volumes: Sequence[tuple[docker.Volume, str]] = (),
     binds: Sequence[tuple[pulumi.Input[str], str]] = (),
     depends_on: Sequence[pulumi.Resource] = (),
-    public_container_ports: Sequence[int] = (),
     pid_mode: str | None = None,
     privileged: bool | None = None,
     resource_name: str | None = None,
@@ -252,8 +250,8 @@ def container(
     """A long-running, named container with the program's standard settings.
 
     Named containers are deleted before their replacement is created (a fixed name cannot
-    exist twice); with a healthcheck, `pulumi up` waits until the service is healthy. Ports
-    bind to the host's internal address, except `public_container_ports` (all interfaces).
+    exist twice); with a healthcheck, `pulumi up` waits until the service is healthy. Each
+    port binds to the host address of its exposure (topology/plan.py `Exposure`).
     `resource_name` (default: the container name) must be unique in the stack: containers
     that run once per host share a container name but not a resource name.
 
@@ -262,7 +260,6 @@ def container(
     Every input the provider reads back is written the way it reads it back (sorted ports,
     Go durations), so an unchanged program shows no diff.
     """
-    address = bind_address or host.plan.internal_address
     return docker.Container(
         resource_name or name,
         name=name,
@@ -274,7 +271,7 @@ def container(
             docker.ContainerPortArgs(
                 internal=binding.container_port,
                 external=binding.host_port,
-                ip="0.0.0.0" if binding.container_port in public_container_ports else address,
+                ip=host.plan.address_for(binding.exposure),
                 protocol=binding.protocol,
             )
             for binding in sorted(bindings, key=lambda b: (b.container_port, b.protocol))

@@ -135,8 +135,6 @@ class MonitoringStack(pulumi.ComponentResource):
             healthcheck="traefik healthcheck --ping",
             binds=[(host.path("monitoring/traefik"), "/config")],
             depends_on=[routes],
-            # Multi-host: 80/443 are the only ports of the stack open to the internet.
-            public_container_ports=(80, 443) if plan.multi_host else (),
         )
         self.register_outputs(
             {"urls": self.urls, "grafanaAdminPassword": self.grafana_admin_password}

@@ -53,6 +53,8 @@ class PodStack(pulumi.ComponentResource):
     redis_password: pulumi.Output[str]
     endpoints: dict[str, str]
     """URLs of the pod's services on its host."""
+    network_id: pulumi.Output[str]
+    """The pod's own Docker network."""
 
     def __init__(
         self,
@@ -81,6 +83,8 @@ class PodStack(pulumi.ComponentResource):
                 delete_before_replace=True,  # a name exists once per engine
             ),
         )
+
+        self.network_id = network.id
 
         def networks(*aliases: str, mesh_aliases: Sequence[str] = ()) -> list[Attachment]:
             # Short aliases (`postgres`) only on the pod network: on the mesh they would

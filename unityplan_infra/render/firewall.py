@@ -18,10 +18,10 @@ ports, isolation between networks), this chain only narrows them. Traffic of the
 itself (INPUT/OUTPUT) never crosses FORWARD and is left alone. IPv4 only: the services are
 published on IPv4 addresses (the WireGuard address, 127.0.0.1, Traefik's 0.0.0.0).
 
-Delivery: `APPLY_SCRIPT` runs over SSH as root with the rules text on stdin. It installs
-the rules file and a systemd unit that loads it with `iptables-restore --noflush` after
-docker.service (at boot, and again whenever Docker restarts), then loads it at once. The
-file flushes the chain itself, so loading it again is idempotent.
+Delivery: `APPLY_SCRIPT` runs over SSH as root with the rules text on stdin. It loads the
+rules at once and installs them with a systemd unit that loads them with
+`iptables-restore --noflush` after docker.service (at boot, and again whenever Docker
+restarts). The file flushes the chain itself, so loading it again is idempotent.
 """
 
 from __future__ import annotations
@@ -158,10 +158,10 @@ _HEREDOC_END = "UNITYPLAN_UNIT"
 def firewall_apply_script() -> str:
     """POSIX sh, run as root with the rules text (`docker_user_rules`) on stdin.
 
-    Installs the rules file and the unit (atomically, after `iptables-restore --test`
-    accepted the rules), enables the unit and loads the rules now. Idempotent. Files go
-    below `$UNITYPLAN_ROOT` (default `/`); the rules are loaded into the current network
-    namespace whatever the root.
+    Loads the rules now, then installs them (only once they loaded) and the unit, each
+    file by rename, and enables the unit. Idempotent. Files go below `$UNITYPLAN_ROOT`
+    (default `/`, a temporary directory in tests); the rules are loaded into the current
+    network namespace whatever the root.
     """
     if _HEREDOC_END in FIREWALL_UNIT:
         raise ValueError("the unit text contains the heredoc terminator")
@@ -176,13 +176,16 @@ def firewall_apply_script() -> str:
             'trap \'rm -f "$rules.new" "$unit.new"\' EXIT',
             "umask 022",
             "mkdir -p " + " ".join(f'"$root{directory}"' for directory in directories),
-            "# The rules arrive on stdin; a file that fails the check never replaces one.",
+            "# The rules arrive on stdin.",
             'cat > "$rules.new"',
             f"if ! grep -qx -- '-F {CHAIN}' \"$rules.new\"; then",
             f'  echo "stdin is not a {CHAIN} rules file" >&2',
             "  exit 1",
             "fi",
-            'iptables-restore --test --noflush "$rules.new"',
+            "# Loaded now, before they replace the file: iptables-restore commits all or",
+            "# nothing, so rules that fail change nothing and never reach the next boot.",
+            "# (`--test` is not enough: iptables-nft passes a jump to a missing chain.)",
+            f'iptables-restore --wait {LOCK_WAIT_SECONDS} --noflush "$rules.new"',
             'mv -f "$rules.new" "$rules"',
             f"cat > \"$unit.new\" <<'{_HEREDOC_END}'",
             FIREWALL_UNIT.rstrip("\n"),
@@ -190,8 +193,6 @@ def firewall_apply_script() -> str:
             'mv -f "$unit.new" "$unit"',
             "systemctl daemon-reload",
             f"systemctl enable --quiet {UNIT_NAME}",
-            "# Now, not only at the next boot or Docker restart.",
-            f'iptables-restore --wait {LOCK_WAIT_SECONDS} --noflush "$rules"',
             "",
         ]
     )

@@ -27,6 +27,13 @@ WIREGUARD_PORT = 51820
 VPN_PREFIX = 24
 
 Protocol = Literal["tcp", "udp"]
+Exposure = Literal["peer", "admin", "public"]
+"""Who may reach a published port across hosts: "peer" ports are what other hosts' services
+need (NATS routes and clients, IPFS swarm, Matrix federation, exporters) and listen on the
+WireGuard address; "admin" ports (databases, admin APIs, UIs) listen on loopback and are
+reached over SSH; "public" is Traefik's 80/443 on the monitoring host. A single host
+publishes every port on `publishAddress` (loopback by default)."""
+LOOPBACK = "127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,7 @@ class PortBinding:
     container_port: int
     setting: str  # the config key that chose host_port, for error messages
     protocol: Protocol = "tcp"
+    exposure: Exposure = "admin"
 
 
 def vpn_network(slot: int) -> ipaddress.IPv4Network:
@@ -108,10 +116,11 @@ class PodPlan:
     def vpn_address(self) -> ipaddress.IPv4Address:
         return vpn_address(self.slot)
 
-    @property
-    def bind_address(self) -> str:
-        """Host address the pod's ports are published on."""
-        return str(self.vpn_address) if self.multi_host else self.config.publish_address
+    def address_for(self, exposure: Exposure) -> str:
+        """Host address a port of this exposure is published on."""
+        if not self.multi_host:
+            return self.config.publish_address
+        return {"peer": str(self.vpn_address), "admin": LOOPBACK, "public": "0.0.0.0"}[exposure]
 
     def host_port(self, setting: str) -> int:
         """Host port of a pod service: base from `podPorts.<setting>` + slot - 1."""
@@ -170,47 +179,51 @@ class PodPlan:
         return f"{host}:{port}"
 
     # --- what a user connects to ------------------------------------------------------
-    @property
-    def user_address(self) -> str:
-        return _reachable(self.bind_address)
+    def user_address(self, exposure: Exposure) -> str:
+        return _reachable(self.address_for(exposure))
 
     def endpoints(self) -> dict[str, str]:
-        """URLs of the pod's services as published on its host."""
-        address = self.user_address
+        """URLs of the pod's services as published on its host (multi-host: as the host
+        itself sees them; admin ones on its loopback)."""
+        admin, peer = self.user_address("admin"), self.user_address("peer")
         port = self.host_port
         return {
-            "postgres": f"postgresql://{address}:{port('postgres')}/{self.database}",
-            "redis": f"redis://{address}:{port('redis')}",
-            "nats": f"nats://{address}:{port('nats_client')}",
-            "natsMonitor": f"http://{address}:{port('nats_monitor')}",
-            "ipfsApi": f"http://{address}:{port('ipfs_api')}",
-            "ipfsGateway": f"http://{address}:{port('ipfs_gateway')}",
-            "matrix": f"http://{address}:{port('matrix')}",
-            "matrixFederation": f"https://{address}:{self.federation_host_port}",
+            "postgres": f"postgresql://{admin}:{port('postgres')}/{self.database}",
+            "redis": f"redis://{admin}:{port('redis')}",
+            "nats": f"nats://{peer}:{port('nats_client')}",
+            "natsMonitor": f"http://{admin}:{port('nats_monitor')}",
+            "ipfsApi": f"http://{admin}:{port('ipfs_api')}",
+            "ipfsGateway": f"http://{admin}:{port('ipfs_gateway')}",
+            "matrix": f"http://{admin}:{port('matrix')}",
+            "matrixFederation": f"https://{peer}:{self.federation_host_port}",
         }
 
     # --- published ports -------------------------------------------------------------
     def bindings(self) -> list[PortBinding]:
-        def bind(container: str, setting: str, port: int, proto: Protocol = "tcp") -> PortBinding:
+        def bind(container: str, setting: str, port: int, exposure: Exposure) -> PortBinding:
             return PortBinding(
-                container, self.host_port(setting), port, f"podPorts.{_camel(setting)}", proto
-            )
+                container, self.host_port(setting), port, f"podPorts.{_camel(setting)}",
+                exposure=exposure,
+            )  # fmt: skip
 
         nats, ipfs, matrix = self.service("nats"), self.service("ipfs"), self.service("matrix")
         return [
-            bind(self.service("postgres"), "postgres", 5432),
-            bind(self.service("redis"), "redis", 6379),
-            bind(nats, "nats_client", self.nats_ports["client"]),
-            bind(nats, "nats_cluster", self.nats_ports["cluster"]),
-            bind(nats, "nats_monitor", self.nats_ports["monitor"]),
-            bind(ipfs, "ipfs_api", 5001),
-            bind(ipfs, "ipfs_swarm", 4001),
-            bind(ipfs, "ipfs_gateway", 8080),
-            bind(matrix, "matrix", 8008),
-            PortBinding(matrix, self.federation_host_port, 8448, "podPorts.matrixFederation"),
-            bind(self.exporter("postgres"), "postgres_exporter", 9187),
-            bind(self.exporter("redis"), "redis_exporter", 9121),
-            bind(self.exporter("nats"), "nats_exporter", 7777),
+            bind(self.service("postgres"), "postgres", 5432, "admin"),
+            bind(self.service("redis"), "redis", 6379, "admin"),
+            bind(nats, "nats_client", self.nats_ports["client"], "peer"),
+            bind(nats, "nats_cluster", self.nats_ports["cluster"], "peer"),
+            bind(nats, "nats_monitor", self.nats_ports["monitor"], "admin"),
+            bind(ipfs, "ipfs_api", 5001, "admin"),  # kubo's RPC API: full control of the node
+            bind(ipfs, "ipfs_swarm", 4001, "peer"),
+            bind(ipfs, "ipfs_gateway", 8080, "admin"),
+            bind(matrix, "matrix", 8008, "admin"),
+            PortBinding(
+                matrix, self.federation_host_port, 8448, "podPorts.matrixFederation",
+                exposure="peer",
+            ),
+            bind(self.exporter("postgres"), "postgres_exporter", 9187, "peer"),
+            bind(self.exporter("redis"), "redis_exporter", 9121, "peer"),
+            bind(self.exporter("nats"), "nats_exporter", 7777, "peer"),
         ]
 
     def ports_of(self, container: str) -> list[PortBinding]:
@@ -239,10 +252,9 @@ class HostPlan:
     def vpn_address(self) -> ipaddress.IPv4Address | None:
         return self.pods[0].vpn_address if self.multi_host else None
 
-    @property
-    def internal_address(self) -> str:
-        """Where internal services of the host (exporters, UIs) are published."""
-        return self.pods[0].bind_address
+    def address_for(self, exposure: Exposure) -> str:
+        """Host address a port of this exposure is published on."""
+        return self.pods[0].address_for(exposure)
 
     @property
     def is_hcloud(self) -> bool:
@@ -264,23 +276,26 @@ class HostPlan:
         for pod in self.pods:
             address_binds.extend(pod.bindings())
 
-        def bind(container: str, setting: str, port: int, proto: Protocol = "tcp") -> PortBinding:
+        def bind(
+            container: str, setting: str, port: int, exposure: Exposure = "admin"
+        ) -> PortBinding:
             return PortBinding(
-                container, getattr(ports, setting), port, f"hostPorts.{_camel(setting)}", proto
-            )
+                container, getattr(ports, setting), port, f"hostPorts.{_camel(setting)}",
+                exposure=exposure,
+            )  # fmt: skip
 
         address_binds += [
-            bind("monitoring-node-exporter", "node_exporter", 9100),
-            bind("monitoring-cadvisor", "cadvisor", 8080),
+            bind("monitoring-node-exporter", "node_exporter", 9100, "peer"),
+            bind("monitoring-cadvisor", "cadvisor", 8080, "peer"),
         ]
         if self.runs_monitoring and self.config.monitoring.enabled:
             address_binds += [
                 bind("monitoring-prometheus", "prometheus", 9090),
                 bind("monitoring-grafana", "grafana", 3000),
                 bind("monitoring-jaeger", "jaeger", 16686),
-                bind("reverse-proxy-traefik", "traefik_http", 80),
-                bind("reverse-proxy-traefik", "traefik_https", 443),
-                bind("reverse-proxy-traefik", "traefik_dashboard", 8080),
+                bind("reverse-proxy-traefik", "traefik_http", 80, "public"),
+                bind("reverse-proxy-traefik", "traefik_https", 443, "public"),
+                bind("reverse-proxy-traefik", "traefik_dashboard", 8080),  # api.insecure
             ]
         if self.runs_monitoring and self.config.dev_tools_enabled:
             address_binds += [
@@ -299,7 +314,7 @@ class HostPlan:
         """URLs of the monitoring stack, where this host runs it."""
         if not (self.runs_monitoring and self.config.monitoring.enabled):
             return {}
-        address, ports = _reachable(self.internal_address), self.config.host_ports
+        address, ports = _reachable(self.address_for("admin")), self.config.host_ports
         return {
             "grafana": f"http://{address}:{ports.grafana}",
             "prometheus": f"http://{address}:{ports.prometheus}",
@@ -311,7 +326,7 @@ class HostPlan:
         """URLs of the dev tools, where this host runs them."""
         if not (self.runs_monitoring and self.config.dev_tools_enabled):
             return {}
-        address, ports = _reachable(self.internal_address), self.config.host_ports
+        address, ports = _reachable(self.address_for("admin")), self.config.host_ports
         return {
             "dashboard": f"http://{address}:{ports.dashboard}",
             "adminer": f"http://{address}:{ports.adminer}",
