@@ -376,7 +376,7 @@ def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
                             text=True, timeout=30, check=False)  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "--noflush" in FIREWALL_UNIT and "After=docker.service" in FIREWALL_UNIT
+    assert "--noflush" in FIREWALL_UNIT and "Before=docker.service" in FIREWALL_UNIT
 
 
 @pytest.mark.parametrize("ports", [[0], [65536], [-1], [True], ["443"], "443", [80.0]])

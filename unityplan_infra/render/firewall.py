@@ -139,8 +139,10 @@ def _check_tokens(arguments: tuple[str, ...]) -> tuple[str, ...]:
 
 FIREWALL_UNIT = f"""[Unit]
 Description=unityplan: Docker-published ports for WireGuard peers only ({CHAIN})
-# After Docker (it creates the jump from FORWARD); PartOf: a Docker restart reloads them too.
-After=docker.service
+# Before Docker, so no published port is open while Docker restarts its containers at boot.
+# Docker creates DOCKER-USER only if it is missing and never flushes it; it adds the jump
+# from FORWARD itself. PartOf: a Docker restart reloads the rules too.
+Before=docker.service
 PartOf=docker.service
 
 [Service]
