@@ -23,13 +23,14 @@ from unityplan_infra.components.streams import NatsStreams
 from unityplan_infra.components.swarm import IpfsSwarm
 from unityplan_infra.render.nats import CLIENT_USER, CLUSTER_NAME
 from unityplan_infra.render.postgres import SYNAPSE_DATABASE
+from unityplan_infra.render.ssh import pinned_host_key_options
 from unityplan_infra.topology.plan import Deployment
 
 REMOTE_CONFIG_ROOT = "/opt/unityplan"
 # The Docker provider opens an SSH session per API connection; sharing one master
-# connection keeps a first deploy under sshd's MaxStartups.
+# connection keeps a first deploy under sshd's MaxStartups. Host keys are pinned
+# (render/ssh.py), never learned on first use.
 SSH_OPTIONS = [
-    "-o", "StrictHostKeyChecking=accept-new",
     "-o", "ControlMaster=auto",
     "-o", "ControlPath=~/.ssh/unityplan-%C",
     "-o", "ControlPersist=120",
@@ -169,7 +170,9 @@ def _multi_host(
             config_root=REMOTE_CONFIG_ROOT,
             connection=remote.connection,
             ready=remote.ready,
-            ssh_opts=SSH_OPTIONS,
+            ssh_opts=remote.host_key.apply(
+                lambda key: [*SSH_OPTIONS, *pinned_host_key_options(key)]
+            ),
         )
         for name, remote in servers.remote_hosts.items()
     }

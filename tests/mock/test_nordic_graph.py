@@ -23,7 +23,7 @@ import pytest
 from tests.support.mocks import Graph, Resource, is_secret, run_program, unwrap
 from tests.support.stackfile import SSH_HOST_KEY, as_pulumi_config, stack_values
 from unityplan_infra.crypto.keys import wireguard_public_key
-from unityplan_infra.render.cloudinit import render_cloud_config
+from unityplan_infra.render.cloudinit import HostKey, render_cloud_config
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -211,7 +211,26 @@ def test_three_servers_in_hel1_spread_with_cloud_init(backups: bool) -> None:
         assert server["backups"] is backups
         assert int(server["placementGroupId"]) == int(group.id)
         assert server["sshKeys"] == [ssh_key.id]
-        assert server["userData"] == render_cloud_config(server["image"])
+        key = run.named(f"server-{code}-ssh-host-key").outputs
+        host_key = HostKey(key["privateKeyOpenssh"], key["publicKeyOpenssh"])
+        assert server["userData"] == render_cloud_config(server["image"], host_key)
+        (raw,) = [r for r in run.of_type(SERVER) if r.name == f"server-{code}"]
+        assert is_secret(raw.inputs["userData"])  # it holds the host's private key
+        # Pinned for every SSH connection: the remote commands' and the Docker provider's.
+        public = " ".join(key["publicKeyOpenssh"].split()[:2])
+        assert run.exports["hosts"][code]["sshHostKey"] == public
+        for command in run.of_type("command:remote:Command"):
+            if command.name.startswith(f"{code}-") or command.name.startswith(f"wg-{code}-"):
+                assert unwrap(command.inputs["connection"])["hostKey"] == public, command.name
+        ssh_opts = unwrap(run.named(f"host-{code}-docker").inputs)["sshOpts"]
+        assert f"KnownHostsCommand=/bin/echo %H {public}" in ssh_opts
+        assert "StrictHostKeyChecking=yes" in ssh_opts
+        assert not any("accept-new" in option for option in ssh_opts)
+        # The pod's data is on this disk: protected in Pulumi and at Hetzner.
+        assert raw.protect and raw.delete_before_replace
+        assert server["deleteProtection"] is True and server["rebuildProtection"] is True
+        assert server["keepDisk"] is True and server["shutdownBeforeDeletion"] is True
+        assert set(raw.ignore_changes) == {"userData", "sshKeys", "serverType"}
         assert server["publicNets"] == [{"ipv4Enabled": True, "ipv6Enabled": True}]
 
 

@@ -16,10 +16,18 @@ import hashlib
 import runpy
 import threading
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import pulumi
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
 from pulumi.runtime import config as runtime_config
 from pulumi.runtime.mocks import MockMonitor
 
@@ -141,6 +149,16 @@ def _digest(name: str) -> bytes:
     return hashlib.sha256(name.encode()).digest()
 
 
+@cache
+def ed25519_pair(seed: bytes) -> tuple[str, str]:
+    """A real Ed25519 key pair from `seed`, OpenSSH formats. Cached: the private key format
+    holds a random check number, and a run must see the same text for the same key."""
+    key = Ed25519PrivateKey.from_private_bytes(seed)
+    private = key.private_bytes(Encoding.PEM, PrivateFormat.OpenSSH, NoEncryption()).decode()
+    public = key.public_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode()
+    return private, public + "\n"
+
+
 def fake_outputs(type_token: str, name: str, inputs: dict[str, Any]) -> dict[str, Any]:
     """Inputs as the provider reads them back, plus the outputs it would compute (derived
     from the name alone)."""
@@ -153,6 +171,8 @@ def fake_outputs(type_token: str, name: str, inputs: dict[str, Any]) -> dict[str
         outputs |= {"base64": base64.b64encode(raw).decode(), "hex": raw.hex()}
     elif type_token == "tls:index/privateKey:PrivateKey":
         outputs["privateKeyPem"] = f"-----BEGIN PRIVATE KEY-----\n{seed.hex()}\n"
+        if inputs.get("algorithm") == "ED25519":
+            outputs["privateKeyOpenssh"], outputs["publicKeyOpenssh"] = ed25519_pair(seed)
     elif type_token == "tls:index/selfSignedCert:SelfSignedCert":
         outputs["certPem"] = f"-----BEGIN CERTIFICATE-----\n{seed.hex()}\n"
     elif type_token == "hcloud:index/server:Server":

@@ -7,27 +7,51 @@ per host waits until the host is ready, and everything else on the host depends 
 
 from __future__ import annotations
 
+import posixpath
 from typing import Any
 
 import pulumi
 import pulumi_command as command
 import pulumi_hcloud as hcloud
+import pulumi_tls as tls
 
 from unityplan_infra.components.host import RemoteHost
 from unityplan_infra.config.models import HcloudHost, SshHost
-from unityplan_infra.render.cloudinit import render_cloud_config
+from unityplan_infra.render.cloudinit import HostKey, render_cloud_config
+from unityplan_infra.render.firewall import APPLY_SCRIPT as FIREWALL_SCRIPT
+from unityplan_infra.render.firewall import docker_user_rules
+from unityplan_infra.render.ssh import SSHD_DROP_IN_PATH, host_key_line, sshd_drop_in
 from unityplan_infra.topology.plan import WIREGUARD_PORT, Deployment, HostPlan
 
 ANYWHERE = ["0.0.0.0/0", "::/0"]
-# Waits for cloud-init (hcloud) and checks the tools the program drives (both kinds).
-READINESS = (
-    "set -eu\n"
-    "if command -v cloud-init >/dev/null; then cloud-init status --wait >/dev/null || true; fi\n"
-    "for tool in docker wg wg-quick; do\n"
-    '  command -v "$tool" >/dev/null || { echo "missing on this host: $tool" >&2; exit 1; }\n'
-    "done\n"
-    "docker info >/dev/null\n"
-)
+# Waits for cloud-init (hcloud), checks the tools the program drives, and gives sshd the
+# limits a first deploy needs (both kinds; cloud-init already did it on hcloud). The drop-in
+# arrives on stdin; sshd checks it before it reloads, so a bad one cannot lock anyone out.
+READINESS = f"""set -eu
+if command -v cloud-init >/dev/null; then cloud-init status --wait >/dev/null || true; fi
+for tool in docker wg wg-quick iptables-restore; do
+  command -v "$tool" >/dev/null || {{ echo "missing on this host: $tool" >&2; exit 1; }}
+done
+docker info >/dev/null
+install -d -m 0755 {posixpath.dirname(SSHD_DROP_IN_PATH)}
+cat > {SSHD_DROP_IN_PATH}.new
+if ! cmp -s {SSHD_DROP_IN_PATH}.new {SSHD_DROP_IN_PATH}; then
+  mv -f {SSHD_DROP_IN_PATH}.new {SSHD_DROP_IN_PATH}
+  sshd -t
+  systemctl reload ssh 2>/dev/null || systemctl reload sshd
+else
+  rm -f {SSHD_DROP_IN_PATH}.new
+fi
+"""
+
+
+def _warn_pending_resize(host: str, actual: str, spec: HcloudHost) -> None:
+    if actual and actual != spec.server_type and not spec.allow_resize:
+        pulumi.log.warn(
+            f"server of pod {host} is {actual}, the config says {spec.server_type}: not applied."
+            " A resize powers the server off (hard) for a few minutes; to do it, set"
+            " allowResize: true on that pod's host and run `up` again"
+        )
 
 
 def firewall_rules(admin_cidrs: list[str], ports: list[int]) -> list[hcloud.FirewallRuleArgs]:
@@ -69,6 +93,7 @@ class HetznerHosts(pulumi.ComponentResource):
         config = deployment.config
         self.servers = {}
         self.remote_hosts = {}
+        self.host_keys: dict[str, pulumi.Output[str]] = {}
         hcloud_hosts = [host for host in deployment.hosts if host.is_hcloud]
         if hcloud_hosts:
             assert config.hetzner is not None  # guaranteed by StackConfig validation
@@ -98,49 +123,98 @@ class HetznerHosts(pulumi.ComponentResource):
                 "unityplan-spread", type="spread", labels={"app": "unityplan"}, opts=child
             )
             for host in hcloud_hosts:
-                spec = host.spec
-                assert isinstance(spec, HcloudHost)
-                pod = host.pods[0]
-                self.servers[host.name] = hcloud.Server(
-                    f"server-{host.name}",
-                    # Stack in the name: two stacks in one Hetzner project must not clash.
-                    name=f"unityplan-{pulumi.get_stack()}-{pod.code}",
-                    server_type=spec.server_type,
-                    location=spec.location,
-                    image=spec.image,
-                    ssh_keys=[ssh_key_id],
-                    firewall_ids=[(web if host.runs_monitoring else base).id.apply(int)],
-                    placement_group_id=spread.id.apply(int),
-                    labels={"app": "unityplan", "pod": pod.pod.name, "territory": pod.code},
-                    backups=settings.backups,
-                    user_data=render_cloud_config(spec.image),
-                    public_nets=[hcloud.ServerPublicNetArgs(ipv4_enabled=True, ipv6_enabled=True)],
-                    # user_data and ssh_keys force replacement; both are fixed by design.
-                    opts=pulumi.ResourceOptions(
-                        parent=self, ignore_changes=["user_data", "ssh_keys"]
-                    ),
-                )
+                self.servers[host.name] = self._server(
+                    host, settings.backups, ssh_key_id, (web if host.runs_monitoring else base),
+                    spread,
+                )  # fmt: skip
         for host in deployment.hosts:
             self.remote_hosts[host.name] = self._connect(host)
         self.register_outputs(
             {"servers": {name: server.ipv4_address for name, server in self.servers.items()}}
         )
 
+    def _server(
+        self,
+        host: HostPlan,
+        backups: bool,
+        ssh_key_id: pulumi.Input[str],
+        firewall: hcloud.Firewall,
+        spread: hcloud.PlacementGroup,
+    ) -> hcloud.Server:
+        spec = host.spec
+        assert isinstance(spec, HcloudHost)
+        pod = host.pods[0]
+        # The server's SSH host key: generated here, installed by cloud-init, pinned by
+        # every connection. Only its public half leaves the (encrypted) state.
+        key = tls.PrivateKey(
+            f"server-{host.name}-ssh-host-key",
+            algorithm="ED25519",
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        self.host_keys[host.name] = pulumi.Output.unsecret(key.public_key_openssh).apply(
+            host_key_line
+        )
+        user_data: pulumi.Output[str] = pulumi.Output.secret(
+            pulumi.Output.all(key.private_key_openssh, key.public_key_openssh).apply(
+                lambda pair: render_cloud_config(spec.image, HostKey(pair[0], pair[1]))
+            )
+        )
+        ignored = ["user_data", "ssh_keys"]  # fixed at creation by design (both force a new server)
+        if not spec.allow_resize:
+            ignored.append("server_type")
+        server = hcloud.Server(
+            f"server-{host.name}",
+            # Stack in the name: two stacks in one Hetzner project must not clash.
+            name=f"unityplan-{pulumi.get_stack()}-{pod.code}",
+            server_type=spec.server_type,
+            location=spec.location,
+            image=spec.image,
+            ssh_keys=[ssh_key_id],
+            firewall_ids=[firewall.id.apply(int)],
+            placement_group_id=spread.id.apply(int),
+            labels={"app": "unityplan", "pod": pod.pod.name, "territory": pod.code},
+            backups=backups,
+            user_data=user_data,
+            public_nets=[hcloud.ServerPublicNetArgs(ipv4_enabled=True, ipv6_enabled=True)],
+            # The pod's data lives on this disk: neither Hetzner nor Pulumi deletes or rebuilds
+            # it until the operator sets protect: false (README, "Retiring a pod").
+            delete_protection=spec.protect,
+            rebuild_protection=spec.protect,
+            # A resize changes CPU and RAM only: a grown disk could never shrink back.
+            keep_disk=True,
+            shutdown_before_deletion=True,  # services stop cleanly, not by power cut
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                protect=spec.protect,
+                ignore_changes=ignored,
+                # Server names are unique in a Hetzner project: a replacement (after
+                # protect: false) must delete the old server first.
+                delete_before_replace=True,
+            ),
+        )
+        server.server_type.apply(
+            lambda actual: _warn_pending_resize(host.name, actual, spec)
+        )
+        return server
+
     def _connect(self, host: HostPlan) -> RemoteHost:
         spec = host.spec
         if isinstance(spec, SshHost):
             address: pulumi.Output[str] = pulumi.Output.from_input(spec.address)
             user, port = spec.user, spec.port
+            self.host_keys[host.name] = pulumi.Output.from_input(spec.host_key)
         else:
             address, user, port = self.servers[host.name].ipv4_address, "root", 22
         # No credential here: the provider authenticates through the ssh-agent of whoever
         # runs `up` (SSH_AUTH_SOCK), as `ssh` and the Docker provider do. A connection is an
         # input of every remote command, and a changed input re-runs the command: a rotated
         # key must not restart every service.
+        host_key = self.host_keys[host.name]
         connection = command.remote.ConnectionArgs(
             host=address,
             user=user,
             port=port,
+            host_key=host_key,  # anything else is refused: no trust on first use
             dial_error_limit=60,  # a new server takes a minute or two to accept SSH
             per_dial_timeout=15,
         )
@@ -148,12 +222,22 @@ class HetznerHosts(pulumi.ComponentResource):
             f"{host.name}-ready",
             connection=connection,
             create=READINESS,
+            stdin=sshd_drop_in(),
             opts=pulumi.ResourceOptions(
                 parent=self,
                 depends_on=[self.servers[host.name]] if host.name in self.servers else [],
             ),
         )
-        return RemoteHost(host.name, address, user, port, connection, [ready])
+        # Before any container exists, published ports are closed to all but WireGuard peers.
+        firewall = command.remote.Command(
+            f"{host.name}-firewall",
+            connection=connection,
+            create=FIREWALL_SCRIPT,
+            stdin=docker_user_rules(host.public_ports()),
+            logging=command.remote.Logging.STDOUT_AND_STDERR,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[ready]),
+        )
+        return RemoteHost(host.name, address, user, port, host_key, connection, [ready, firewall])
 
     def outputs(self, mesh: Any) -> dict[str, Any]:
         """Stack outputs of the multi-host layout: addresses, keys, SSH commands."""
@@ -168,5 +252,6 @@ class HetznerHosts(pulumi.ComponentResource):
                 "ssh": remote.ssh_command,
                 "sshUser": remote.user,
                 "sshPort": remote.port,
+                "sshHostKey": remote.host_key,
             }
         return {"hosts": hosts}

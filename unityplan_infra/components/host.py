@@ -85,6 +85,8 @@ class RemoteHost:
     public_address: pulumi.Output[str]
     user: str
     port: int
+    host_key: pulumi.Output[str]
+    """The server's SSH host key, `<type> <base64>`: every connection pins it."""
     connection: command.remote.ConnectionArgs
     ready: Sequence[pulumi.Resource]
     """Resources that must finish before anything else touches the host (cloud-init)."""
@@ -344,14 +346,14 @@ class DockerHost(pulumi.ComponentResource):
         config_root: pulumi.Input[str],
         connection: command.remote.ConnectionArgs | None = None,
         ready: Sequence[pulumi.Resource] = (),
-        ssh_opts: Sequence[str] = (),
+        ssh_opts: pulumi.Input[Sequence[str]] | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("unityplan:infra:DockerHost", f"host-{plan.name}", None, opts)
         provider = docker.Provider(
             f"host-{plan.name}-docker",
             host=docker_host,
-            ssh_opts=list(ssh_opts) or None,
+            ssh_opts=ssh_opts,
             opts=pulumi.ResourceOptions(parent=self, depends_on=list(ready)),
         )
         self.access = HostAccess(

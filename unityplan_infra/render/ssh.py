@@ -1,0 +1,54 @@
+"""SSH on both ends: the servers' sshd settings and the client options that pin host keys.
+
+Every deploy pushes secrets over SSH (wg0.conf with its private key, Synapse keys, NATS
+credentials), so each connection checks the server's host key against the one the program
+generated (hcloud) or was given (`ssh` hosts). OpenSSH clients get it through
+`KnownHostsCommand`, which prints a known_hosts line for the host being checked (`%H`, in
+the `[address]:port` form for other ports), with every known_hosts file switched off:
+nothing is read from or written to the operator's ~/.ssh/known_hosts.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+SSHD_DROP_IN_PATH: Final = "/etc/ssh/sshd_config.d/60-unityplan.conf"
+
+# The Docker provider opens one `docker system dial-stdio` session per API connection, all
+# multiplexed over one ControlMaster connection, and Pulumi runs resources in parallel:
+# sshd's defaults (MaxSessions 10, MaxStartups 10:30:100) refuse the eleventh session of a
+# first deploy. Measured with a real sshd in tests/realsw/test_ssh_pinning.py.
+MAX_SESSIONS: Final = 100
+MAX_STARTUPS: Final = "50:30:200"
+
+
+def sshd_drop_in() -> str:
+    """sshd settings of every host (a drop-in: the first value sshd reads wins, and
+    Debian's and Ubuntu's sshd_config include sshd_config.d/*.conf before their own)."""
+    settings = {
+        "MaxSessions": str(MAX_SESSIONS),
+        "MaxStartups": MAX_STARTUPS,
+        "PasswordAuthentication": "no",
+        "KbdInteractiveAuthentication": "no",
+        "PermitRootLogin": "prohibit-password",
+    }
+    return "".join(f"{key} {value}\n" for key, value in settings.items())
+
+
+def host_key_line(public_key: str) -> str:
+    """`<type> <base64>` of an OpenSSH public key line (drops a comment and newline)."""
+    words = public_key.split()
+    if len(words) < 2 or not words[0].startswith(("ssh-", "ecdsa-")):
+        raise ValueError(f"not an OpenSSH public key line: {public_key[:40]!r}")
+    return f"{words[0]} {words[1]}"
+
+
+def pinned_host_key_options(public_key: str) -> list[str]:
+    """`ssh` arguments that accept exactly `public_key` as the server's host key."""
+    return [
+        "-o", "StrictHostKeyChecking=yes",
+        "-o", "UserKnownHostsFile=/dev/null",
+        "-o", "GlobalKnownHostsFile=/dev/null",
+        "-o", "UpdateHostKeys=no",
+        "-o", f"KnownHostsCommand=/bin/echo %H {host_key_line(public_key)}",
+    ]  # fmt: skip
