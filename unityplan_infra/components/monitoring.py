@@ -16,9 +16,14 @@ from unityplan_infra.components.host import (
     volume,
 )
 from unityplan_infra.components.secrets import password
-from unityplan_infra.render.grafana import render_datasources
+from unityplan_infra.render.grafana import grafana_public_settings, render_datasources
 from unityplan_infra.render.prometheus import render_prometheus_config
-from unityplan_infra.render.traefik import render_dynamic_config
+from unityplan_infra.render.traefik import (
+    ACME_DIR,
+    public,
+    render_dynamic_config,
+    traefik_arguments,
+)
 from unityplan_infra.topology.plan import Deployment
 from unityplan_infra.topology.stop import stop_grace_seconds
 
@@ -90,6 +95,7 @@ class MonitoringStack(pulumi.ComponentResource):
                     f"GF_SECURITY_ADMIN_PASSWORD={secret}",
                     "GF_USERS_ALLOW_SIGN_UP=false",
                     "GF_ANALYTICS_REPORTING_ENABLED=false",
+                    *grafana_public_settings(deployment),
                 ]
             ),
             healthcheck="wget -q -O /dev/null http://127.0.0.1:3000/api/health",
@@ -122,18 +128,12 @@ class MonitoringStack(pulumi.ComponentResource):
             grace_seconds=stop_grace_seconds("traefik"),
             bindings=plan.ports_of("reverse-proxy-traefik"),
             networks=networks,
-            command_args=[
-                "--entrypoints.web.address=:80",
-                "--entrypoints.websecure.address=:443",
-                "--entrypoints.websecure.http.tls=true",
-                "--api.dashboard=true",
-                "--api.insecure=true",  # dashboard on :8080, published on the internal address
-                "--ping=true",
-                "--providers.file.directory=/config",
-                "--providers.file.watch=true",
-            ],
+            command_args=traefik_arguments(deployment),
             healthcheck="traefik healthcheck --ping",
             binds=[(host.path("monitoring/traefik"), "/config")],
+            volumes=[(volume("monitoring-traefik-acme", host=host, parent=self), ACME_DIR)]
+            if public(deployment)
+            else [],
             depends_on=[routes],
         )
         self.register_outputs(
