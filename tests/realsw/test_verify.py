@@ -326,16 +326,12 @@ def test_ssh_forwards_reach_endpoints_only_the_host_can_reach(
     )
     sshd = lab.spawn(HOST, ["/usr/sbin/sshd", "-D", "-e", "-f", str(sshd_config)], name="sshd")
     try:
-        host_key = (keys / "host.pub").read_text().split()[:2]
-        (tmp_path / "known_hosts").write_text(f"[{address}]:2222 {' '.join(host_key)}\n")
-        client = tmp_path / "ssh_config"
-        client.write_text(
-            f"Host *\n  IdentityFile {keys / 'operator'}\n  IdentitiesOnly yes\n"
-            f"  UserKnownHostsFile {tmp_path / 'known_hosts'}\n  StrictHostKeyChecking yes\n"
-        )
+        host_key = " ".join((keys / "host.pub").read_text().split()[:2])
+        client = tmp_path / "ssh_config"  # identity only: the host key comes from the outputs
+        client.write_text(f"Host *\n  IdentityFile {keys / 'operator'}\n  IdentitiesOnly yes\n")
         outputs = copy.deepcopy(platform.outputs)
         outputs["hosts"] = {"local": {"publicAddress": address, "sshUser": "root",
-                                      "sshPort": 2222}}  # fmt: skip
+                                      "sshPort": 2222, "sshHostKey": host_key}}  # fmt: skip
         direct = platform.report("--direct", outputs=outputs, host="laptop")[1]
         assert not [f for f in direct["findings"] if f["ok"]], "laptop reached the host directly"
 
@@ -345,10 +341,9 @@ def test_ssh_forwards_reach_endpoints_only_the_host_can_reach(
         assert report["passed"] == 3 * 7 + 2
         print(f"\nverify over SSH forwards: {report['passed']} checks in {seconds:.2f} s")
 
-        # Another host key at the same address: the pinned key refuses it.
-        (tmp_path / "known_hosts").write_text(
-            f"[{address}]:2222 {(keys / 'operator.pub').read_text().split()[0]} "
-            f"{(keys / 'operator.pub').read_text().split()[1]}\n"
+        # The outputs pin another key than the server's: the forward is refused.
+        outputs["hosts"]["local"]["sshHostKey"] = " ".join(
+            (keys / "operator.pub").read_text().split()[:2]
         )
         code, out, err, _ = platform.verify("--only", ONLY, "--ssh-config", str(client),
                                             outputs=outputs, host="laptop")  # fmt: skip

@@ -65,6 +65,8 @@ class HostOutputs(_Model):
     public_address: str
     ssh_user: str = "root"
     ssh_port: int = 22
+    ssh_host_key: str | None = None
+    """Pinned: an SSH forward accepts this host key and no other."""
 
 
 class StackOutputs(_Model):

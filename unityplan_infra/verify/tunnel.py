@@ -3,7 +3,8 @@
 Pod endpoints sit on WireGuard addresses (or on a host's loopback) that the operator's
 machine is not part of. For each host, one `ssh -N` process forwards a local port to every
 endpoint the checks need on that host, as the host itself sees it (`-L 127.0.0.1:LOCAL:
-ADDRESS:PORT`), using the operator's own ssh client, keys and agent.
+ADDRESS:PORT`), using the operator's own ssh client, keys and agent, and accepting only the
+host key the stack pinned (outputs `hosts.<name>.sshHostKey`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from unityplan_infra.render.ssh import pinned_host_key_options
 from unityplan_infra.verify.outputs import StackOutputs, host_port
 
 Forwards = dict[tuple[str, str, int], tuple[str, int]]
@@ -47,12 +49,16 @@ def _free_port() -> int:
 
 def ssh_argv(
     user: str, address: str, port: int, forwards: Sequence[tuple[int, str, int]],
-    ssh_config: Path | None, connect_timeout: float,
+    ssh_config: Path | None, connect_timeout: float, host_key: str | None = None,
 ) -> list[str]:
-    """`ssh -N` with one `-L` per forward; fails at once if any forward cannot bind."""
+    """`ssh -N` with one `-L` per forward; fails at once if any forward cannot bind. With
+    `host_key` (the stack's outputs have it) the server must present exactly that key;
+    command-line options win over any ssh config."""
     argv = ["ssh", "-N", "-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes",
             "-o", f"ConnectTimeout={max(1, round(connect_timeout))}",
             "-o", "ServerAliveInterval=5"]  # fmt: skip
+    if host_key is not None:
+        argv += pinned_host_key_options(host_key)
     if ssh_config is not None:
         argv += ["-F", str(ssh_config)]
     for local, target, target_port in sorted(forwards):
@@ -80,7 +86,7 @@ def ssh_forwards(
             plan = [(_free_port(), address, port) for address, port in sorted(needed)]
             process = subprocess.Popen(
                 ssh_argv(host.ssh_user, host.public_address, host.ssh_port, plan, ssh_config,
-                         timeout),
+                         timeout, host.ssh_host_key),
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             )  # fmt: skip
             processes.append(process)
