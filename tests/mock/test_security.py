@@ -247,3 +247,34 @@ def test_an_open_admin_list_is_warned_about() -> None:
     warnings = load_deployment(as_pulumi_config(values)).config.warnings()
     assert any("hetzner.adminCidrs contains 0.0.0.0/0" in w for w in warnings)
     assert any("webAllowCidrs contains 0.0.0.0/0" in w for w in warnings)
+
+
+# --- secret files ---------------------------------------------------------------------------
+
+SECRET_FILES = {
+    "homeserver.yaml": "991:991", "signing.key": "991:991", "tls.key": "991:991",
+    "nats.json": "0:0", "swarm.key": "1000:100",
+}  # fmt: skip
+
+
+def test_secret_files_are_readable_by_their_service_user_only() -> None:
+    run = nordic()
+    seen: dict[str, int] = {}
+    for command in run.of_type(REMOTE):
+        script = unwrap(command.inputs["create"])
+        for name, owner in SECRET_FILES.items():
+            if f"/{name}" in script and "mktemp" in script:
+                assert f'chown {owner} "$tmp"' in script, command.name
+                assert 'chmod 0600 "$tmp"' in script, command.name
+                seen[name] = seen.get(name, 0) + 1
+    assert seen == {name: 3 for name in SECRET_FILES}
+
+
+def test_single_host_files_stay_readable_for_containers_behind_a_closed_root() -> None:
+    dev = run_program(as_pulumi_config(stack_values("dev")), "dev")
+    scripts = [c.inputs["create"] for c in dev.of_type("command:local:Command")
+               if "/signing.key" in c.inputs.get("create", "")]  # fmt: skip
+    assert len(scripts) == 3
+    for script in scripts:
+        assert "chown" not in script and 'chmod 0644 "$tmp"' in script
+        assert "install -d -m 0700 " in script

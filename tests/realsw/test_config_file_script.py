@@ -85,3 +85,20 @@ def test_a_failed_write_fails_the_command(tmp_path: Path) -> None:
 
 def test_if_running_quotes_container_names() -> None:
     assert "'a b'" in if_running("a b", "true")
+
+
+def test_a_secret_is_readable_by_its_service_user_only(tmp_path: Path) -> None:
+    """Multi-host (scripts run as root): 0600 and owned by the container's user."""
+    root = tmp_path / "root"
+    target = root / "pods" / "dk" / "matrix" / "signing.key"
+    script = write_file_script(str(root), str(target), None, mode="0600", owner="991:991")
+    result = run(script, "ed25519 a_key secret\n")
+    assert result.returncode == 0, result.stderr
+    info = target.stat()
+    assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (991, 991, 0o600)
+    # Rewritten in place (a single bind-mounted file) it keeps owner and mode.
+    script = write_file_script(str(root), str(target), None, True, "0600", owner="991:991")
+    assert run(script, "ed25519 a_key rotated\n").returncode == 0
+    info = target.stat()
+    assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (991, 0o600)
+    assert target.read_text() == "ed25519 a_key rotated\n"

@@ -50,10 +50,13 @@ def write_file_script(
     in_place: bool = False,
     mode: str = "0644",
     base64_stdin: bool = False,
+    owner: str | None = None,
 ) -> str:
     """Shell: write stdin to `path` atomically (temp file + rename), then reload.
 
     `base64_stdin`: stdin is the base64 text of a binary file (a command's stdin is text).
+    `owner` ("uid:gid"): chown the file, so that a secret can be 0600 and still readable
+    by the one service user that needs it (the script then runs as root).
 
     The root stays 0700 (secrets inside); leaf directories are 0755 and files 0644 because
     containers run as various users and only see the leaf directory they mount. A file that
@@ -68,6 +71,7 @@ def write_file_script(
         f"tmp=$(mktemp {shlex.quote(directory)}/.tmp.XXXXXX)",
         'base64 -d > "$tmp"' if base64_stdin else 'cat > "$tmp"',
         f'chmod {mode} "$tmp"',
+        *([f'chown {shlex.quote(owner)} "$tmp"'] if owner else []),
         f'cat "$tmp" > {shlex.quote(path)} && chmod {mode} {shlex.quote(path)} && rm -f "$tmp"'
         if in_place
         else f'mv -f "$tmp" {shlex.quote(path)}',
@@ -174,15 +178,29 @@ class HostAccess:
         in_place: bool = False,
         mode: str = "0644",
         base64_stdin: bool = False,
+        secret_for: str | None = None,
     ) -> pulumi.CustomResource:
         """Write a file under the config root; rewrite it (and reload) when it changes.
 
         The content travels on stdin, so secrets never appear on a command line or in logs.
         A binary file travels as base64 text (`base64_stdin`).
+
+        `secret_for` ("uid:gid" of the container user that reads it): on a remote host
+        (scripts run as root) the file is 0600 and owned by that user. On the local engine
+        the operator's own user writes it and cannot chown: it stays 0644, closed to other
+        local users by the 0700 config root.
         """
+        owner = secret_for if self.connection is not None else None
+        file_mode = "0600" if owner else mode
         script = pulumi.Output.from_input(self.config_root).apply(
             lambda root: write_file_script(
-                root, posixpath.join(root, relative_path), reload, in_place, mode, base64_stdin
+                root,
+                posixpath.join(root, relative_path),
+                reload,
+                in_place,
+                file_mode,
+                base64_stdin,
+                owner,
             )
         )
         digest = pulumi.Output.from_input(content).apply(sha256)

@@ -42,6 +42,11 @@ from unityplan_infra.topology.plan import Deployment, PodPlan
 from unityplan_infra.topology.stop import stop_grace_seconds
 
 DB_OWNER = "unityplan"
+# The users the images run their service as (uid:gid), who alone may read its secrets:
+# Synapse drops to 991:991, kubo to ipfs (1000, group users), nats-server stays root.
+SYNAPSE_USER = "991:991"
+KUBO_USER = "1000:100"
+NATS_USER = "0:0"
 
 
 class PodStack(pulumi.ComponentResource):
@@ -169,7 +174,7 @@ class PodStack(pulumi.ComponentResource):
         )
         nats_file = host.config_file(
             f"{code}-nats-config", f"pods/{code}/nats/nats.json", nats_config,
-            parent=self, reload=signal_reload(pod.service("nats")),
+            parent=self, reload=signal_reload(pod.service("nats")), secret_for=NATS_USER,
         )  # fmt: skip
         monitor_port = pod.nats_ports["monitor"]
         self._add(
@@ -196,7 +201,7 @@ class PodStack(pulumi.ComponentResource):
         # --- IPFS (kubo), private swarm ---------------------------------------------
         swarm_key = host.config_file(
             f"{code}-ipfs-swarm-key", f"pods/{code}/ipfs/swarm.key",
-            mesh.ipfs_swarm_key_hex.apply(ipfs_swarm_key), parent=self,
+            mesh.ipfs_swarm_key_hex.apply(ipfs_swarm_key), parent=self, secret_for=KUBO_USER,
         )  # fmt: skip
         init_script = host.config_file(
             f"{code}-ipfs-init", f"pods/{code}/ipfs-init/{ipfs_render.INIT_SCRIPT}",
@@ -325,15 +330,17 @@ class PodStack(pulumi.ComponentResource):
             host.config_file(
                 f"{code}-synapse-config", f"{directory}/homeserver.yaml", homeserver,
                 parent=self, reload=restart(matrix),  # Synapse reads its config at start only
+                secret_for=SYNAPSE_USER,
             ),
             host.config_file(
                 f"{code}-synapse-signing-key", f"{directory}/{SIGNING_KEY_FILE}",
                 signing_seed.apply(synapse_signing_key), parent=self, reload=restart(matrix),
+                secret_for=SYNAPSE_USER,
             ),
             host.config_file(
                 f"{code}-synapse-tls-key", f"{directory}/{TLS_KEY_FILE}",
                 pulumi.Output.secret(tls_key.private_key_pem), parent=self,
-                reload=restart(matrix),
+                reload=restart(matrix), secret_for=SYNAPSE_USER,
             ),
             host.config_file(
                 f"{code}-synapse-tls-cert", f"{directory}/{TLS_CERT_FILE}",

@@ -9,5 +9,6 @@ from __future__ import annotations
 # Run by `sh -c` in the container; /data (the volume) is the working directory. Through the
 # image's entrypoint, which drops from root to the redis user for `redis-server`.
 START = 'exec docker-entrypoint.sh redis-server --appendonly yes --requirepass "$REDIS_PASSWORD"'
-HEALTHCHECK = 'redis-cli --no-auth-warning -a "$REDIS_PASSWORD" ping | grep -q PONG'
+# REDISCLI_AUTH, not `-a`: an argument is visible to every user of the host in `ps`.
+HEALTHCHECK = 'REDISCLI_AUTH="$REDIS_PASSWORD" redis-cli ping | grep -q PONG'
 COMMAND = ["sh", "-c", START]
