@@ -148,3 +148,37 @@ def test_every_problem_is_reported_at_once() -> None:
         load_deployment(_encode(values))
     keys = {problem.key for problem in raised.value.problems}
     assert {"pods[0].code", "pods[0].slot"} <= keys
+
+
+DIGEST = "sha256:" + "ab" * 32
+
+
+@pytest.mark.parametrize(
+    "reference",
+    ["redis:7.4.1-alpine", f"traefik:v3.2.3@{DIGEST}", f"ghcr.io/org/app:1.0@{DIGEST}",
+     "localhost:5000/app:2"],
+)  # fmt: skip
+def test_images_pinned_by_tag_or_tag_and_digest_are_accepted(reference: str) -> None:
+    values = copy.deepcopy(stack_values("dev"))
+    values["unityplan-infra:images"] = {"traefik": reference}
+    assert load_deployment(as_pulumi_config(values)).config.images.traefik == reference
+
+
+@pytest.mark.parametrize(
+    "reference",
+    [f"traefik@{DIGEST}", "traefik:v3@sha256:abc", f"traefik:latest@{DIGEST}",
+     f"traefik:v3.2.3@sha512:{'ab' * 64}"],
+)  # fmt: skip
+def test_images_without_a_tag_or_with_a_bad_digest_are_refused(reference: str) -> None:
+    values = copy.deepcopy(stack_values("dev"))
+    values["unityplan-infra:images"] = {"traefik": reference}
+    with pytest.raises(ConfigError) as raised:
+        load_deployment(as_pulumi_config(values))
+    assert raised.value.problems[0].key == "images.traefik"
+
+
+def test_internet_facing_images_are_pinned_by_digest() -> None:
+    images = load_deployment(as_pulumi_config(stack_values("dev"))).config.images
+    for reference in (images.traefik, images.grafana):
+        name, _, digest = reference.partition("@sha256:")
+        assert ":" in name and len(digest) == 64, reference

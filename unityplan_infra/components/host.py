@@ -217,7 +217,9 @@ class HostAccess:
         """The pulled image `reference` on this host (one resource per host and image)."""
         if reference not in self.images:
             self.images[reference] = docker.RemoteImage(
-                f"{self.plan.name}-image-{reference.replace('/', '-').replace(':', '-')}",
+                # Named by repository and tag; a digest pin is in `name`, not in the URN.
+                f"{self.plan.name}-image-"
+                + reference.split("@")[0].replace("/", "-").replace(":", "-"),
                 name=reference,
                 keep_locally=True,  # destroy leaves the image: other stacks may use it
                 opts=pulumi.ResourceOptions(

@@ -254,9 +254,16 @@ class Images(Model):
     node_exporter: str = "quay.io/prometheus/node-exporter:v1.8.2"
     cadvisor: str = "gcr.io/cadvisor/cadvisor:v0.49.2"
     prometheus: str = "prom/prometheus:v2.55.1"
-    grafana: str = "grafana/grafana:11.4.0"
+    # Internet-facing: pinned by digest too (the multi-arch index), so a re-pushed tag
+    # cannot change what runs. The provider pulls by the digest (terraform-provider-docker
+    # v4.5.0, "Allow digest in image name").
+    grafana: str = (
+        "grafana/grafana:11.4.0@sha256:d8ea37798ccc41061a62ab080f2676dda6bf7815558499f901bdb0f533a456fb"
+    )
     jaeger: str = "jaegertracing/all-in-one:1.64.0"
-    traefik: str = "traefik:v3.2.3"
+    traefik: str = (
+        "traefik:v3.2.3@sha256:efb87236c8c92599bcd3a67a7a8a55e0f255665f4719722bf398935aa9b92270"
+    )
     dashboard: str = "nginx:1.27.3-alpine"
     adminer: str = "adminer:4.8.1-standalone"
     mailhog: str = "mailhog/mailhog:v1.0.1"
