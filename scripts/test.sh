@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 DEBIAN_PACKAGES=(nats-server prometheus cloud-init wireguard-tools wireguard-go
                  postgresql redis-server iproute2 iputils-ping procps curl
                  prometheus-postgres-exporter prometheus-redis-exporter
-                 openssh-server openssh-client shellcheck)
+                 openssh-server openssh-client shellcheck iptables systemd)
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
 missing=()

@@ -212,3 +212,15 @@ def test_setup_hands_backend_and_passphrase_to_later_github_steps(tmp_path: Path
     assert f"PULUMI_BACKEND_URL=file://{project / '.pulumi-state'}" in lines
     assert any(line.startswith("PULUMI_CONFIG_PASSPHRASE_FILE=") for line in lines)
     assert github_path.read_text().strip() == str(tmp_path / "bin")
+
+
+def test_scripts_pass_shellcheck() -> None:
+    shellcheck = shutil.which("shellcheck")
+    assert shellcheck, "shellcheck is missing (Debian package shellcheck; scripts/test.sh)"
+    scripts = sorted(str(p.name) for p in (ROOT / "scripts").glob("*.sh"))
+    assert "setup.sh" in scripts and len(scripts) >= 6
+    result = subprocess.run(
+        [shellcheck, "-x", "--severity=style", *scripts], cwd=ROOT / "scripts",
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
