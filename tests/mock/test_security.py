@@ -278,3 +278,12 @@ def test_single_host_files_stay_readable_for_containers_behind_a_closed_root() -
     for script in scripts:
         assert "chown" not in script and 'chmod 0644 "$tmp"' in script
         assert "install -d -m 0700 " in script
+
+
+def test_a_server_from_before_generated_keys_pins_its_own_key() -> None:
+    values = nordic_with()
+    values[f"{NS}:pods"][0]["host"] = {**values[f"{NS}:pods"][0]["host"], "hostKey": SSH_HOST_KEY}
+    run = run_program(as_pulumi_config(values), "nordic")
+    assert run.exports["hosts"]["dk"]["sshHostKey"] == SSH_HOST_KEY
+    assert unwrap(run.named("dk-firewall").inputs["connection"])["hostKey"] == SSH_HOST_KEY
+    assert run.exports["hosts"]["no"]["sshHostKey"] != SSH_HOST_KEY

@@ -151,8 +151,10 @@ class HetznerHosts(pulumi.ComponentResource):
             algorithm="ED25519",
             opts=pulumi.ResourceOptions(parent=self),
         )
-        self.host_keys[host.name] = pulumi.Output.unsecret(key.public_key_openssh).apply(
-            host_key_line
+        self.host_keys[host.name] = (
+            pulumi.Output.from_input(spec.host_key)
+            if spec.host_key is not None  # a server from before generated keys
+            else pulumi.Output.unsecret(key.public_key_openssh).apply(host_key_line)
         )
         user_data: pulumi.Output[str] = pulumi.Output.secret(
             pulumi.Output.all(key.private_key_openssh, key.public_key_openssh).apply(

@@ -81,6 +81,14 @@ class HcloudHost(Model):
     # Changing serverType powers the server off (hard) for the resize; it applies only
     # when the operator allows it here, never as a side effect of editing the type.
     allow_resize: bool = False
+    # Servers created before the program generated host keys keep the one they made
+    # themselves (cloud-init runs once): pin that one here (`ssh-keyscan -t ed25519`).
+    host_key: str | None = None
+
+    @field_validator("host_key")
+    @classmethod
+    def _host_key(cls, value: str | None) -> str | None:
+        return None if value is None else parse_host_key(value)
 
     @field_validator("location")
     @classmethod
