@@ -14,14 +14,31 @@ from typing import Any
 
 import pytest
 import yaml
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
 
 from tests.support.tools import run_checker
-from unityplan_infra.render.cloudinit import DOCKER_IMAGE, cloud_config, render_cloud_config
+from unityplan_infra.render.cloudinit import (
+    DOCKER_IMAGE,
+    HostKey,
+    cloud_config,
+    render_cloud_config,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
 CLOUD_INIT = shutil.which("cloud-init") or "/usr/bin/cloud-init"
 IMAGES = [DOCKER_IMAGE, "ubuntu-24.04"]
+_KEY = Ed25519PrivateKey.generate()
+HOST_KEY = HostKey(
+    _KEY.private_bytes(Encoding.PEM, PrivateFormat.OpenSSH, NoEncryption()).decode(),
+    _KEY.public_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode() + "\n",
+)
 
 
 def schema_check(path: Path) -> subprocess.CompletedProcess[str]:
@@ -38,18 +55,25 @@ def write_config(directory: Path, config: dict[str, Any]) -> Path:
 @pytest.mark.parametrize("image", IMAGES)
 def test_generated_cloud_config_is_valid(tmp_path: Path, image: str) -> None:
     path = tmp_path / "user-data.yaml"
-    path.write_text(render_cloud_config(image))
+    path.write_text(render_cloud_config(image, HOST_KEY))
     result = schema_check(path)
     assert result.returncode == 0, result.stdout
     assert f"Valid cloud-config: {path}" in result.stdout
+    # The program's host key, and no other, as the files sshd reads.
+    document = yaml.safe_load(path.read_text())
+    assert document["ssh_deletekeys"] is True and document["ssh_genkeytypes"] == ["ed25519"]
+    assert document["ssh_keys"] == {
+        "ed25519_private": HOST_KEY.private_openssh,
+        "ed25519_public": " ".join(HOST_KEY.public_openssh.split()[:2]),
+    }
 
 
 def test_docker_comes_from_the_image_or_the_package() -> None:
     # What the schema cannot know: the plain image needs Docker installed; both need WireGuard.
-    assert "docker.io" not in cloud_config(DOCKER_IMAGE)["packages"]
-    assert "docker.io" in cloud_config("ubuntu-24.04")["packages"]
+    assert "docker.io" not in cloud_config(DOCKER_IMAGE, HOST_KEY)["packages"]
+    assert "docker.io" in cloud_config("ubuntu-24.04", HOST_KEY)["packages"]
     for image in IMAGES:
-        assert {"wireguard", "wireguard-tools"} <= set(cloud_config(image)["packages"])
+        assert {"wireguard", "wireguard-tools"} <= set(cloud_config(image, HOST_KEY)["packages"])
 
 
 @pytest.mark.parametrize(
@@ -66,7 +90,7 @@ def test_docker_comes_from_the_image_or_the_package() -> None:
 )
 def test_schema_check_rejects_a_wrong_type(tmp_path: Path, mutate: Any, error: str) -> None:
     # Negative control: the same command must fail on a broken config, or passing means nothing.
-    config = cloud_config(DOCKER_IMAGE)
+    config = cloud_config(DOCKER_IMAGE, HOST_KEY)
     mutate(config)
     result = schema_check(write_config(tmp_path, config))
     assert result.returncode != 0, result.stdout

@@ -31,9 +31,10 @@ def cloud_config(image: str, host_key: HostKey) -> dict[str, Any]:
     if image != DOCKER_IMAGE:
         packages.append("docker.io")
     return {
-        # Only the program's host key: no generated ones that nobody pinned.
+        # Only the program's host key: the image's keys go, and the one type cloud-init may
+        # generate is the one it is given (it skips types that exist), so no unpinned key.
         "ssh_deletekeys": True,
-        "ssh_genkeytypes": [],
+        "ssh_genkeytypes": ["ed25519"],
         "ssh_keys": {
             "ed25519_private": host_key.private_openssh,
             "ed25519_public": host_key_line(host_key.public_openssh),
