@@ -66,6 +66,10 @@ if [ -n "${GITHUB_ENV:-}" ]; then
   dirname "$(command -v pulumi)" >> "${GITHUB_PATH:-/dev/null}"
 fi
 
+# The Docker provider multiplexes SSH through a control socket in ~/.ssh (stack.py); ssh
+# refuses to create it when the directory is missing (a fresh CI runner).
+mkdir -p -m 0700 "$HOME/.ssh"
+
 # Run "$@" with SSH keys available to it. The program never holds an SSH credential: remote
 # commands and the Docker provider authenticate through ssh-agent, so a rotated key re-runs
 # nothing. If the stack keeps its key in config (sshPrivateKey, secret), it goes into an
