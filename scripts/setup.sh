@@ -68,7 +68,7 @@ fi
 
 # The Docker provider multiplexes SSH through a control socket in ~/.ssh (stack.py); ssh
 # refuses to create it when the directory is missing (a fresh CI runner).
-mkdir -p -m 0700 "$HOME/.ssh"
+[ -d "$HOME/.ssh" ] || mkdir -m 0700 "$HOME/.ssh"
 
 # Run "$@" with SSH keys available to it. The program never holds an SSH credential: remote
 # commands and the Docker provider authenticate through ssh-agent, so a rotated key re-runs
