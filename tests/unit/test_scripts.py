@@ -38,6 +38,7 @@ def make_stub(path: Path, body: str) -> None:
 def prepare(tmp_path: Path, verify_exit: int = 0) -> Path:
     """A copy of the project's scripts, with stubs for pulumi, python and pip."""
     project = tmp_path / "project"
+    (tmp_path / "home").mkdir(exist_ok=True)
     shutil.copytree(ROOT / "scripts", project / "scripts")
     shutil.copy(ROOT / "requirements.txt", project / "requirements.txt")
     log = tmp_path / "calls.log"
