@@ -40,6 +40,15 @@ SSH_OPTIONS = [
 CONFIG_ROOT_VARIABLE = "UNITYPLAN_CONFIG_ROOT"
 
 
+def ensure_ssh_dir(home: Path | None = None) -> Path:
+    """~/.ssh, created (0700) if missing: ssh makes the Docker provider's control socket
+    there (SSH_OPTIONS) but never the directory, and with known_hosts files off nothing
+    else creates it (a fresh account or CI runner). Measured in test_ssh_pinning.py."""
+    directory = (home or Path.home()) / ".ssh"
+    directory.mkdir(mode=0o700, exist_ok=True)
+    return directory
+
+
 def default_config_root(stack: str) -> str:
     """Where the single-host layout keeps config files: the data dir of whoever runs `up`."""
     return str(Path.home() / ".local" / "share" / "unityplan-infra" / stack)
@@ -162,6 +171,7 @@ def _single_host(deployment: Deployment, stack: str) -> tuple[dict[str, HostAcce
 def _multi_host(
     deployment: Deployment,
 ) -> tuple[dict[str, HostAccess], MeshNetwork, dict[str, Any]]:
+    ensure_ssh_dir()
     servers = HetznerHosts(deployment)
     docker_hosts = {
         name: DockerHost(

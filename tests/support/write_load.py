@@ -29,6 +29,7 @@ import contextlib
 import itertools
 import json
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -448,6 +449,7 @@ def client_parser() -> argparse.ArgumentParser:
     measure.add_argument("--redis-dataset-mb", type=int, default=300)
     measure.add_argument("--nats-stream-mb", type=int, default=200)
     measure.add_argument("--services", default="postgres,redis,nats")
+    measure.add_argument("--loads", default="light,heavy")
     measure.add_argument("--json", default="", help="also write every outcome to this file")
     return parser
 
@@ -560,6 +562,7 @@ class Check:
     """One target's acknowledged writes against what the restarted server holds."""
 
     target: str
+    survives: bool  # its writes went through another server (R3)
     workers: int
     acked: int
     lost: int  # acknowledged, not stored
@@ -594,11 +597,12 @@ class Outcome:
         ready = ", ".join(f"{k} {v:.3f}s" for k, v in self.ready_seconds.items())
         parts = [f"{check.target}: acked {check.acked}, lost {check.lost}, dup"
                  f" {check.duplicates}, unacked stored {check.unacked_stored}"
-                 + (f", max ack gap {check.max_gap:.2f}s" if check.retries else "")
+                 + (f", longest pause between acks {check.max_gap:.2f}s" if check.survives else "")
                  for check in self.checks]  # fmt: skip
+        notes = "".join(f"; {k} {v:g}" for k, v in self.notes.items())
         return (
             f"{self.service:8} {self.how:8} ({self.signal}, {self.load}): exit"
-            f" {self.exit_seconds:.3f}s; ready after restart: {ready}; {'; '.join(parts)}"
+            f" {self.exit_seconds:.3f}s; ready after restart: {ready}; {'; '.join(parts)}{notes}"
         )
 
 
@@ -663,6 +667,10 @@ class Service(ABC):
 
     def settle(self) -> dict[str, float]:
         """After a restart: wait for anything else that must catch up; seconds from launch."""
+        return {}
+
+    def details(self, how: How, stop_log: str, start_log: str) -> dict[str, float]:
+        """What the server's logs say about its stop and the restart (for the report)."""
         return {}
 
     @abstractmethod
@@ -797,9 +805,55 @@ class Postgres(Service):
             found.setdefault(str(writer), []).append(int(seq))
         return found
 
+    def details(self, how: How, stop_log: str, start_log: str) -> dict[str, float]:
+        """The shutdown checkpoint (graceful); WAL replayed and the end-of-recovery checkpoint
+        (after SIGKILL)."""
+        found: dict[str, float] = {}
+        log = stop_log if how == "graceful" else start_log
+        kind = "shutdown" if how == "graceful" else "end-of-recovery"
+        started = re.search(rf"checkpoint starting: {kind}.*\n(?:.*\n)*?.*checkpoint complete:"
+                            r" wrote (\d+) buffers.*?total=([\d.]+) s", log)  # fmt: skip
+        if started:
+            found[f"{kind}_checkpoint_mb"] = round(int(started[1]) * 8 / 1024, 1)
+            found[f"{kind}_checkpoint_s"] = float(started[2])
+        redo = re.search(r"redo starts at ([0-9A-F]+/[0-9A-F]+)(?:.*\n)*?.*redo done at"
+                         r" ([0-9A-F]+/[0-9A-F]+).*elapsed: ([\d.]+) s", start_log)  # fmt: skip
+        if redo:
+            replayed = lsn(redo[2]) - lsn(redo[1])
+            found["wal_replayed_mb"] = round(replayed / 2**20, 1)
+            found["redo_s"] = float(redo[3])
+            # Before the redo, crash recovery fsyncs every file of the data directory.
+            found["start_to_redo_s"] = round(
+                postgres_time(start_log, "redo starts at") - postgres_time(start_log, "starting"), 3
+            )
+        return found
+
     def bulk_insert(self, mb: int) -> float:
         """A big committed INSERT: dirty shared buffers and WAL since the last checkpoint."""
         return float(self.run_client(None, ["fill", "postgres", "--mb", str(mb)], 600)["seconds"])
+
+
+def lsn(text: str) -> int:
+    """A PostgreSQL WAL position "X/Y" (hex) as a byte offset."""
+    high, low = text.split("/")
+    return (int(high, 16) << 32) + int(low, 16)
+
+
+def postgres_time(log: str, text: str) -> float:
+    """Seconds of the day of the first PostgreSQL log line with `text` ("2026-11-28
+    15:22:13.103 UTC [pid] LOG:  ...")."""
+    for line in log.splitlines():
+        clock = re.match(r"\S+ (\d\d):(\d\d):(\d\d\.\d+) ", line)
+        if clock and text in line:
+            return int(clock[1]) * 3600 + int(clock[2]) * 60 + float(clock[3])
+    raise AssertionError(f"no {text!r} in the PostgreSQL log:\n{log}")
+
+
+def redis_time(line: str) -> float:
+    """Seconds of the day of a redis-server log line ("pid:M 28 Nov 2026 15:22:20.479 * ...")."""
+    clock = re.search(r" (\d\d):(\d\d):(\d\d\.\d+) ", line)
+    assert clock is not None, line
+    return int(clock[1]) * 3600 + int(clock[2]) * 60 + float(clock[3])
 
 
 class LabService(Service):
@@ -865,6 +919,19 @@ class Redis(LabService):
     def stored(self, target: Target, prefix: str) -> dict[str, list[int]]:
         result = self.run_client(self.host, ["check", "redis", "--prefix", prefix], 60)
         return {name: list(seqs) for name, seqs in result["stored"].items()}
+
+    def details(self, how: How, stop_log: str, start_log: str) -> dict[str, float]:
+        """The final RDB save at SIGTERM and the AOF load at the next start."""
+        found: dict[str, float] = {}
+        lines = stop_log.splitlines()
+        begun = [line for line in lines if "Saving the final RDB snapshot" in line]
+        saved = [line for line in lines if "DB saved on disk" in line]
+        if begun and saved:
+            found["final_rdb_save_s"] = round(redis_time(saved[-1]) - redis_time(begun[-1]), 3)
+        loaded = re.search(r"DB loaded from append only file: ([\d.]+) seconds", start_log)
+        if loaded:
+            found["aof_load_s"] = float(loaded[1])
+        return found
 
     def fill(self, mb: int) -> float:
         args = ["fill", "redis", "--mb", str(mb), "--prefix", self.name("f")]
@@ -1031,8 +1098,9 @@ def stop_under_load(
     checks = [compare(target, summaries[target.label]["tallies"], service.stored(target, prefix),
                       signalled) for target in targets]  # fmt: skip
     signal_name = service.stop_signal.name if how == "graceful" else "SIGKILL"
+    start_log = service.server_log()
     return Outcome(service.kind, how, signal_name, load, round(exit_seconds, 3), ready, checks,
-                   stop_log, service.server_log())  # fmt: skip
+                   stop_log, start_log, service.details(how, stop_log, start_log))  # fmt: skip
 
 
 def compare(
@@ -1049,6 +1117,7 @@ def compare(
             out_of_order += sum(1 for index, seq in enumerate(held) if seq != index)
     return Check(
         target=target.label,
+        survives=target.survives,
         workers=len(tallies),
         acked=sum(t["acked"] for t in tallies.values()),
         lost=lost,
@@ -1067,48 +1136,56 @@ def compare(
 # Measurement (docs/stop-measurements.md)
 # ==========================================================================================
 def measure(args: argparse.Namespace) -> list[Outcome]:
+    """Each service: `--runs` x (graceful, kill) at light load, then again at heavy load."""
     outcomes: list[Outcome] = []
+    loads = args.loads.split(",")
 
-    def record(outcome: Outcome) -> None:
-        outcomes.append(outcome)
-        print(outcome.line(), flush=True)
-
-    def repeat(service: Service, load: str, before_stop: Callable[[], object] | None) -> None:
+    def repeat(
+        service: Service,
+        load: str,
+        before_stop: Callable[[], object] | None = None,
+        before_each: Callable[[], object] | None = None,
+    ) -> None:
         for _ in range(args.runs):
             for how in HOWS:
-                record(stop_under_load(service, how, load_seconds=args.seconds,
-                                       workers=args.workers, before_stop=before_stop,
-                                       load=load))  # fmt: skip
+                if before_each is not None:
+                    before_each()
+                outcome = stop_under_load(service, how, load_seconds=args.seconds,
+                                          workers=args.workers, before_stop=before_stop,
+                                          load=load)  # fmt: skip
+                outcomes.append(outcome)
+                print(outcome.line(), flush=True)
 
     workdir = Path(tempfile.mkdtemp(prefix="unityplan-stop-measure-"))
     try:
         services = args.services.split(",")
         if "postgres" in services:
             with Postgres(workdir / "postgres") as postgres:
-                repeat(postgres, "light", None)
-                bulk = args.postgres_bulk_mb
-                repeat(postgres, f"+{bulk} MB bulk INSERT before the stop",
-                       lambda: postgres.bulk_insert(bulk))  # fmt: skip
+                if "light" in loads:
+                    repeat(postgres, "light")
+                if "heavy" in loads:
+                    bulk = args.postgres_bulk_mb
+                    repeat(postgres, f"+{bulk} MB bulk INSERT before the stop",
+                           before_stop=lambda: postgres.bulk_insert(bulk))  # fmt: skip
         if "redis" in services:
             with Redis(workdir / "redis") as redis_service:
-                repeat(redis_service, "light", None)
-                seconds = redis_service.fill(args.redis_dataset_mb)
-                print(f"redis: {args.redis_dataset_mb} MB dataset written in {seconds:.1f}s")
-                repeat(redis_service, f"{args.redis_dataset_mb} MB dataset", None)
+                if "light" in loads:
+                    repeat(redis_service, "light")
+                if "heavy" in loads:
+                    seconds = redis_service.fill(args.redis_dataset_mb)
+                    print(f"redis: {args.redis_dataset_mb} MB dataset written in {seconds:.1f}s")
+                    repeat(redis_service, f"{args.redis_dataset_mb} MB dataset")
         if "nats" in services:
             with Nats(workdir / "nats") as nats_service:
-                for load in ("light", "heavy"):
-                    if load == "heavy":
-                        seconds = nats_service.fill(args.nats_stream_mb)
-                        print(f"nats: {args.nats_stream_mb} MB in the R1 stream in {seconds:.1f}s")
-                        load = f"R1 stream holds {args.nats_stream_mb} MB"
-                    for _ in range(args.runs):
-                        for how in HOWS:
-                            stepdowns = nats_service.lead_global_from_stopped()
-                            outcome = stop_under_load(nats_service, how, load_seconds=args.seconds,
-                                                      workers=args.workers, load=load)  # fmt: skip
-                            outcome.notes["stepdowns_before"] = stepdowns
-                            record(outcome)
+                # Each stop hits the GLOBAL_EVENTS leader: the worst case for R3 writers.
+                lead = nats_service.lead_global_from_stopped
+                if "light" in loads:
+                    repeat(nats_service, "light", before_each=lead)
+                if "heavy" in loads:
+                    seconds = nats_service.fill(args.nats_stream_mb)
+                    print(f"nats: {args.nats_stream_mb} MB in the R1 stream in {seconds:.1f}s")
+                    repeat(nats_service, f"R1 stream holds {args.nats_stream_mb} MB",
+                           before_each=lead)  # fmt: skip
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return outcomes
@@ -1119,23 +1196,26 @@ def summarise(outcomes: list[Outcome]) -> str:
     groups: dict[tuple[str, str, str], list[Outcome]] = {}
     for outcome in outcomes:
         groups.setdefault((outcome.service, outcome.how, outcome.load), []).append(outcome)
-    rows = ["| service | stop | load | runs | exit s (median / max) | ready s after restart"
-            " (median / max) | acked writes (total) | lost | duplicates |",
-            "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+
+    def spread(values: list[float]) -> str:
+        return f"{statistics.median(values):.3g} / {max(values):.3g}"
+
+    rows = ["| service | stop | load | runs | exit s | ready s after restart | R3 pause s |"
+            " acked writes | lost | dup | from the server logs |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for (service, how, load), group in groups.items():
-        exits = [o.exit_seconds for o in group]
-        levels = list(group[0].ready_seconds)
-        ready = "; ".join(
-            f"{level} {statistics.median(o.ready_seconds[level] for o in group):.3f} /"
-            f" {max(o.ready_seconds[level] for o in group):.3f}"
-            for level in levels
-        )
+        ready = "; ".join(f"{level} {spread([o.ready_seconds[level] for o in group])}"
+                          for level in group[0].ready_seconds)  # fmt: skip
+        pauses = [c.max_gap for o in group for c in o.checks if c.survives]
+        notes = "; ".join(f"{key} {spread([o.notes[key] for o in group if key in o.notes])}"
+                          for key in group[0].notes)  # fmt: skip
         acked = sum(c.acked for o in group for c in o.checks)
         lost = sum(o.lost for o in group)
         duplicates = sum(c.duplicates for o in group for c in o.checks)
         rows.append(f"| {service} | {how} ({group[0].signal}) | {load} | {len(group)} |"
-                    f" {statistics.median(exits):.3f} / {max(exits):.3f} | {ready} | {acked} |"
-                    f" {lost} | {duplicates} |")  # fmt: skip
+                    f" {spread([o.exit_seconds for o in group])} | {ready} |"
+                    f" {spread(pauses) if pauses else '-'} | {acked} | {lost} | {duplicates} |"
+                    f" {notes or '-'} |")  # fmt: skip
     return "\n".join(rows)
 
 
