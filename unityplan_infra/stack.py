@@ -45,7 +45,8 @@ def ensure_ssh_dir(home: Path | None = None) -> Path:
     there (SSH_OPTIONS) but never the directory, and with known_hosts files off nothing
     else creates it (a fresh account or CI runner). Measured in test_ssh_pinning.py."""
     directory = (home or Path.home()) / ".ssh"
-    directory.mkdir(mode=0o700, exist_ok=True)
+    if directory.parent.is_dir():  # a home that does not exist is not ours to make
+        directory.mkdir(mode=0o700, exist_ok=True)
     return directory
 
 

@@ -475,9 +475,9 @@ def test_docker_dns_gives_each_synapse_its_peers_server_names() -> None:
     # network inside ip_range_whitelist (the mesh), else federation cannot start.
     deployment, graph = lab_deployment(), lab_graph()
     subnets = {  # Docker picks the subnet of a network without ipamConfigs (never whitelisted)
-        net.inputs["name"]: [ipaddress.IPv4Network(c["subnet"]) for c in net.inputs.get("ipamConfigs", [])]
+        net.id: [ipaddress.IPv4Network(c["subnet"]) for c in net.inputs.get("ipamConfigs", [])]
         for net in graph.of_type("docker:index/network:Network")
-    }  # fmt: skip
+    }  # fmt: skip  (containers join networks by ID)
     unresolved = []
     for pod in deployment.pods:
         config = homeserver_config(deployment, pod, SynapseSecrets(DB_OWNER, "-", "-", "-", "-"))
@@ -508,10 +508,9 @@ def test_multi_host_peers_find_federation_on_port_8448() -> None:
                 f"{peer.vpn_address}\t{peer.matrix_server_name}"
                 in render_hosts_file(deployment, pod).splitlines()
             )
-        assert pod.bind_address == str(pod.vpn_address)
-        published = {
-            b.host_port for b in pod.ports_of(pod.service("matrix")) if b.container_port == 8448
-        }
+        federation = [b for b in pod.ports_of(pod.service("matrix")) if b.container_port == 8448]
+        assert [pod.address_for(b.exposure) for b in federation] == [str(pod.vpn_address)]
+        published = {b.host_port for b in federation}
         if published != {FEDERATION_PORT}:
             wrong.append(f"{pod.matrix_server_name}: federation published on {published}")
     assert not wrong, "\n".join(wrong)
