@@ -7,9 +7,9 @@ with the program's own settings, can show that
 - a stop with the image's stop signal while writes flow ends well within the grace period and
   keeps every acknowledged write (PostgreSQL SIGINT, Redis SIGTERM, nats-server SIGTERM);
 - SIGKILL (a grace period that runs out, or the old grace of 0) keeps every acknowledged write
-  too under the program's persistence settings, because a killed process leaves what it
-  wrote in the page cache (fsync=on, appendfsync everysec, JetStream's write-per-message),
-  and what it costs instead: crash recovery at the next start.
+  too under the program's persistence settings (fsync=on; appendfsync always; JetStream
+  sync_interval always, and even without those a killed process leaves what it wrote in the
+  page cache), and what it costs instead: crash recovery at the next start.
 
 Writers count a write only once the server acknowledged it (committed INSERT, RPUSH reply,
 JetStream PubAck); see tests/support/write_load.py. The numbers are printed (`pytest -s`);
@@ -39,7 +39,7 @@ from unityplan_infra.topology.stop import STOP_GRACE_SECONDS
 LOAD_SECONDS = 2.0  # write load before the stop signal
 WORKERS = 4  # concurrent writers per target, one write in flight each
 MIN_ACKS_PER_WORKER = 100  # far below what any of them does in LOAD_SECONDS
-FLOWING = 0.5  # s: every writer had an ack this recently when the signal went
+FLOWING = 1.0  # s: every writer had an ack this recently when the signal went
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +87,9 @@ def assert_every_ack_kept(outcome: Outcome) -> None:
         assert not check.anomalies, where
         # Stored without an ack: at most the one write each worker had in flight.
         assert check.unacked_stored <= check.workers, where
-        # Negative: every worker still got acks after the signal (R3 through another server).
         assert check.silent_before_signal < FLOWING, where
+        if check.survives:  # R3 through another server: acks went on after the signal
+            assert check.silent_before_signal < 0, where
 
 
 def assert_stopped_in_grace(outcome: Outcome, service: Service) -> None:
@@ -147,7 +148,7 @@ def test_redis_runs_with_the_program_persistence_settings(redis: Redis) -> None:
         return reply.splitlines()[1]
 
     assert config("appendonly") == "yes"
-    assert config("appendfsync") == "everysec"  # fsync once a second, in the background
+    assert config("appendfsync") == "always"  # fsync before the reply: a host crash too
     assert config("save") == "3600 1 300 100 60 10000"  # Redis 7 defaults: RDB on SIGTERM
     assert redis.server is not None
     assert comm(redis.server.pid) == "redis-server"  # START execs: the signal reaches it
@@ -169,7 +170,8 @@ def test_redis_sigterm_under_load_keeps_every_acknowledged_write(
 def test_redis_sigkill_under_load_keeps_every_acknowledged_write(
     redis: Redis, outcomes: list[Outcome]
 ) -> None:
-    """appendfsync everysec writes the AOF before it replies: a killed process loses none."""
+    """appendfsync always writes and fsyncs the AOF before it replies: a killed process
+    (or a crashed host) loses none."""
     outcome = run(redis, "kill", outcomes)
     assert redis.graceful_marker not in outcome.stop_log
     assert "DB loaded from append only file" in outcome.start_log, outcome.start_log

@@ -66,5 +66,8 @@ def test_data_is_persisted_in_the_volume(lab: NetnsLab) -> None:
     assert lab.run("redis", [*command, "set", "territory", "no"]).stdout.strip() == "OK"
     info = lab.run("redis", [*command, "config", "get", "appendonly"]).stdout.split()
     assert info == ["appendonly", "yes"]
+    # Every acknowledged write is fsynced before the reply (a host crash loses nothing).
+    fsync = lab.run("redis", [*command, "config", "get", "appendfsync"]).stdout.split()
+    assert fsync == ["appendfsync", "always"]
     directory = lab.run("redis", [*command, "config", "get", "dir"]).stdout.split()[1]
     assert any(Path(directory).glob("appendonly*")), "no append-only file in the volume"

@@ -48,7 +48,10 @@ def nats_config(
         # A `users` list, not a single user/password: with the latter, nats-server closes
         # every client connection on each reload (measured in tests/integration).
         "authorization": {"users": [{"user": CLIENT_USER, "password": client_password}]},
-        "jetstream": {"store_dir": store_dir},
+        # fsync every write before its acknowledgement. The default (every 2 min) keeps a
+        # process crash harmless but loses up to 2 min of acknowledged messages of an R1
+        # territory stream when the host crashes (docs/stop-measurements.md).
+        "jetstream": {"store_dir": store_dir, "sync_interval": "always"},
         # Notice a dead peer (a cut WAN link) in ~30 s instead of the default 2 min x 2.
         "ping_interval": "10s",
         "ping_max": 3,
