@@ -16,6 +16,13 @@ from unityplan_infra.components.host import (
     volume,
 )
 from unityplan_infra.components.secrets import password
+from unityplan_infra.render.dashboards import (
+    HOME_DASHBOARD_PATH,
+    PROVIDER_FILE,
+    render_dashboard_provider,
+    render_dashboards,
+)
+from unityplan_infra.render.dashboards import PROVISIONING_DIR as DASHBOARD_PROVISIONING_DIR
 from unityplan_infra.render.grafana import grafana_public_settings, render_datasources
 from unityplan_infra.render.prometheus import render_prometheus_config
 from unityplan_infra.render.traefik import (
@@ -81,6 +88,20 @@ class MonitoringStack(pulumi.ComponentResource):
             "grafana-datasources", "monitoring/grafana/datasources/unityplan.yaml",
             render_datasources(), parent=self,
         )  # fmt: skip
+        # Dashboards are files Grafana's file provider re-reads: a new pod needs no restart.
+        dashboard_files = [
+            host.config_file(
+                "grafana-dashboard-provider", f"monitoring/grafana/dashboards/{PROVIDER_FILE}",
+                render_dashboard_provider(), parent=self,
+            ),
+            *(
+                host.config_file(
+                    f"grafana-dashboard-{name.removesuffix('.json')}",
+                    f"monitoring/grafana/dashboards/json/{name}", text, parent=self,
+                )
+                for name, text in render_dashboards(deployment).items()
+            ),
+        ]  # fmt: skip
         self.grafana = container(
             "monitoring-grafana",
             host=host,
@@ -96,13 +117,15 @@ class MonitoringStack(pulumi.ComponentResource):
                     "GF_USERS_ALLOW_SIGN_UP=false",
                     "GF_ANALYTICS_REPORTING_ENABLED=false",
                     *grafana_public_settings(deployment),
+                    f"GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH={HOME_DASHBOARD_PATH}",
                 ]
             ),
             healthcheck="wget -q -O /dev/null http://127.0.0.1:3000/api/health",
             volumes=[(volume("monitoring-grafana-data", host=host, parent=self), "/var/lib/grafana")],
             binds=[(host.path("monitoring/grafana/datasources"),
-                    "/etc/grafana/provisioning/datasources")],
-            depends_on=[datasources],
+                    "/etc/grafana/provisioning/datasources"),
+                   (host.path("monitoring/grafana/dashboards"), DASHBOARD_PROVISIONING_DIR)],
+            depends_on=[datasources, *dashboard_files],
         )  # fmt: skip
 
         self.jaeger = container(
