@@ -13,6 +13,7 @@ import yaml
 
 from tests.support.deployments import dev_deployment, multi_host_deployment
 from tests.support.tools import run_checker
+from unityplan_infra.render.alerts import ALERT_RULES_FILE, render_alert_rules
 from unityplan_infra.render.prometheus import (
     prometheus_config,
     render_prometheus_config,
@@ -35,9 +36,13 @@ def promtool_check(path: Path) -> subprocess.CompletedProcess[str]:
 def test_generated_config_passes_promtool(tmp_path: Path, deployment: Deployment) -> None:
     path = tmp_path / "prometheus.yml"
     path.write_text(render_prometheus_config(deployment))
+    (tmp_path / ALERT_RULES_FILE).write_text(render_alert_rules(deployment))
     result = promtool_check(path)
     assert result.returncode == 0, result.stdout
     assert "SUCCESS" in result.stdout
+    # The rule file is found beside the config and checked with it.
+    assert f"Checking {tmp_path / ALERT_RULES_FILE}" in result.stdout, result.stdout
+    assert " rules found" in result.stdout
 
 
 def test_promtool_rejects_a_duplicate_job(tmp_path: Path) -> None:
@@ -48,6 +53,7 @@ def test_promtool_rejects_a_duplicate_job(tmp_path: Path) -> None:
     config["scrape_configs"].append(duplicate)
     path = tmp_path / "prometheus.yml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
+    (tmp_path / ALERT_RULES_FILE).write_text(render_alert_rules(dev_deployment()))
     result = promtool_check(path)
     assert result.returncode != 0, result.stdout
     assert "SUCCESS" not in result.stdout

@@ -16,6 +16,7 @@ from unityplan_infra.components.host import (
     volume,
 )
 from unityplan_infra.components.secrets import password
+from unityplan_infra.render.alerts import ALERT_RULES_FILE, render_alert_rules
 from unityplan_infra.render.dashboards import (
     HOME_DASHBOARD_PATH,
     PROVIDER_FILE,
@@ -59,10 +60,16 @@ class MonitoringStack(pulumi.ComponentResource):
         self.urls = plan.monitoring_urls()
         networks = stack_networks(global_network, mesh_network)
 
+        # Rules beside the config: a new pod rewrites them and Prometheus reloads (SIGHUP).
+        rules_file = host.config_file(
+            "prometheus-alert-rules", f"monitoring/prometheus/{ALERT_RULES_FILE}",
+            render_alert_rules(deployment), parent=self,
+            reload=signal_reload("monitoring-prometheus"),
+        )  # fmt: skip
         prometheus_file = host.config_file(
             "prometheus-config", "monitoring/prometheus/prometheus.yml",
             render_prometheus_config(deployment), parent=self,
-            reload=signal_reload("monitoring-prometheus"),
+            reload=signal_reload("monitoring-prometheus"), depends_on=[rules_file],
         )  # fmt: skip
         self.prometheus = container(
             "monitoring-prometheus",
@@ -80,7 +87,7 @@ class MonitoringStack(pulumi.ComponentResource):
             healthcheck="wget -q -O /dev/null http://127.0.0.1:9090/-/ready",
             volumes=[(volume("monitoring-prometheus-data", host=host, parent=self), "/prometheus")],
             binds=[(host.path("monitoring/prometheus"), "/config")],
-            depends_on=[prometheus_file],
+            depends_on=[prometheus_file, rules_file],
         )
 
         self.grafana_admin_password = password("grafana-admin-password", self)

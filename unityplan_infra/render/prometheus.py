@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from unityplan_infra.render.alerts import ALERT_RULES_FILE
 from unityplan_infra.topology.plan import Deployment
 
 SCRAPE_INTERVAL = "15s"
@@ -72,6 +73,8 @@ def prometheus_config(deployment: Deployment) -> dict[str, Any]:
             "evaluation_interval": EVALUATION_INTERVAL,
             "external_labels": {"cluster": CLUSTER_LABEL},
         },
+        # Relative: beside prometheus.yml, in the container's /config as in a test's tmp dir.
+        "rule_files": [ALERT_RULES_FILE],
         "scrape_configs": jobs,
     }
 
