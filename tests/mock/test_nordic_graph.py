@@ -213,7 +213,7 @@ def test_three_servers_in_hel1_spread_with_cloud_init(backups: bool) -> None:
         assert server["sshKeys"] == [ssh_key.id]
         key = run.named(f"server-{code}-ssh-host-key").outputs
         host_key = HostKey(key["privateKeyOpenssh"], key["publicKeyOpenssh"])
-        assert server["userData"] == render_cloud_config(server["image"], host_key)
+        assert server["userData"] == render_cloud_config(host_key)
         (raw,) = [r for r in run.of_type(SERVER) if r.name == f"server-{code}"]
         assert is_secret(raw.inputs["userData"])  # it holds the host's private key
         # Pinned for every SSH connection: the remote commands' and the Docker provider's.

@@ -46,7 +46,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from tests.support.netns import Background, NetnsLab, wait_until
-from unityplan_infra.render.cloudinit import DOCKER_IMAGE, HostKey, cloud_config
+from unityplan_infra.render.cloudinit import HostKey, cloud_config
 from unityplan_infra.render.ssh import (
     MAX_SESSIONS,
     MAX_STARTUPS,
@@ -54,6 +54,7 @@ from unityplan_infra.render.ssh import (
     host_key_line,
     pinned_host_key_options,
     sshd_drop_in,
+    sshd_effective_check,
 )
 from unityplan_infra.stack import SSH_OPTIONS, ensure_ssh_dir
 
@@ -89,7 +90,7 @@ def write_secret(path: Path, text: str) -> Path:
 def install_as_cloud_init(etc: Path, host_key: HostKey) -> Path:
     """Host key and drop-in as cloud-init writes them from the rendered cloud-config
     (cc_ssh writes `ssh_keys` values verbatim); returns the private key's path."""
-    rendered = cloud_config(DOCKER_IMAGE, host_key)
+    rendered = cloud_config(host_key)
     keys = rendered["ssh_keys"]
     private = write_secret(etc / "ssh_host_ed25519_key", keys["ed25519_private"])
     (etc / "ssh_host_ed25519_key.pub").write_text(keys["ed25519_public"] + "\n")
@@ -421,3 +422,33 @@ def test_drop_in_admits_a_cold_burst(bed: Bed, tmp_path: Path) -> None:
     result = burst(bed, fresh_home(tmp_path, "home"), PORT, sessions, warm=False)
     print(f"\nsshd drop-in, no master yet: {result.summary()}")
     assert result.succeeded == result.held == sessions, result
+
+
+def test_readiness_checks_sshd_runs_with_the_drop_in(tmp_path: Path) -> None:
+    """The readiness command ends with `sshd_effective_check()`: it passes on an sshd that
+    reads the drop-in, and fails, naming the setting, on one that does not (no Include)."""
+    (tmp_path / "drop-in.conf").write_text(sshd_drop_in())
+    key = Ed25519PrivateKey.generate()
+    (tmp_path / "host_key").write_bytes(
+        key.private_bytes(Encoding.PEM, PrivateFormat.OpenSSH, NoEncryption())
+    )
+    (tmp_path / "host_key").chmod(0o600)
+    base = f"HostKey {tmp_path / 'host_key'}\nPidFile none\n"
+    (tmp_path / "with.conf").write_text(f"Include {tmp_path / 'drop-in.conf'}\n{base}")
+    (tmp_path / "without.conf").write_text(base)
+    outcomes = {}
+    for name in ("with", "without"):
+        shim = tmp_path / f"bin-{name}"
+        shim.mkdir()
+        (shim / "sshd").write_text(
+            f'#!/bin/sh\nexec /usr/sbin/sshd -f {tmp_path / f"{name}.conf"} "$@"\n'
+        )
+        (shim / "sshd").chmod(0o755)
+        outcomes[name] = subprocess.run(
+            ["sh", "-c", "set -eu\n" + sshd_effective_check()],
+            env={**os.environ, "PATH": f"{shim}:{os.environ['PATH']}"},
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+    assert outcomes["with"].returncode == 0, outcomes["with"].stderr
+    assert outcomes["without"].returncode == 1
+    assert "sshd ignores" in outcomes["without"].stderr and "MaxSessions" in outcomes["without"].stderr

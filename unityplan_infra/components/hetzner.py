@@ -7,7 +7,6 @@ per host waits until the host is ready, and everything else on the host depends 
 
 from __future__ import annotations
 
-import posixpath
 from typing import Any
 
 import pulumi
@@ -20,29 +19,42 @@ from unityplan_infra.config.models import HcloudHost, SshHost
 from unityplan_infra.render.cloudinit import HostKey, render_cloud_config
 from unityplan_infra.render.firewall import APPLY_SCRIPT as FIREWALL_SCRIPT
 from unityplan_infra.render.firewall import docker_user_rules
-from unityplan_infra.render.ssh import SSHD_DROP_IN_PATH, host_key_line, sshd_drop_in
+from unityplan_infra.render.ssh import (
+    SSHD_DROP_IN_PATH,
+    host_key_line,
+    sshd_drop_in,
+    sshd_effective_check,
+)
 from unityplan_infra.topology.plan import WIREGUARD_PORT, Deployment, HostPlan
 
 ANYWHERE = ["0.0.0.0/0", "::/0"]
 # Waits for cloud-init (hcloud), checks the tools the program drives, and gives sshd the
-# limits a first deploy needs (both kinds; cloud-init already did it on hcloud). The drop-in
-# arrives on stdin; sshd checks it before it reloads, so a bad one cannot lock anyone out.
+# settings a first deploy needs (both kinds; cloud-init already did it on hcloud). The drop-in
+# arrives on stdin; a config sshd refuses is put back as it was, so a bad one cannot lock
+# anyone out at the next restart; then sshd's effective settings are checked.
 READINESS = f"""set -eu
 if command -v cloud-init >/dev/null; then cloud-init status --wait >/dev/null || true; fi
 for tool in docker wg wg-quick iptables-restore; do
   command -v "$tool" >/dev/null || {{ echo "missing on this host: $tool" >&2; exit 1; }}
 done
 docker info >/dev/null
-install -d -m 0755 {posixpath.dirname(SSHD_DROP_IN_PATH)}
-cat > {SSHD_DROP_IN_PATH}.new
-if ! cmp -s {SSHD_DROP_IN_PATH}.new {SSHD_DROP_IN_PATH}; then
-  mv -f {SSHD_DROP_IN_PATH}.new {SSHD_DROP_IN_PATH}
-  sshd -t
+drop_in={SSHD_DROP_IN_PATH}
+install -d -m 0755 "$(dirname "$drop_in")"
+cat > "$drop_in.new"
+if ! cmp -s "$drop_in.new" "$drop_in"; then
+  if [ -e "$drop_in" ]; then cp -p "$drop_in" "$drop_in.old"; fi
+  mv -f "$drop_in.new" "$drop_in"
+  if ! sshd -t; then
+    if [ -e "$drop_in.old" ]; then mv -f "$drop_in.old" "$drop_in"; else rm -f "$drop_in"; fi
+    echo "sshd refused the drop-in; the previous config is back" >&2
+    exit 1
+  fi
+  rm -f "$drop_in.old"
   systemctl reload ssh 2>/dev/null || systemctl reload sshd
 else
-  rm -f {SSHD_DROP_IN_PATH}.new
+  rm -f "$drop_in.new"
 fi
-"""
+{sshd_effective_check()}"""
 
 
 def _warn_pending_resize(host: str, actual: str, spec: HcloudHost) -> None:
@@ -158,7 +170,7 @@ class HetznerHosts(pulumi.ComponentResource):
         )
         user_data: pulumi.Output[str] = pulumi.Output.secret(
             pulumi.Output.all(key.private_key_openssh, key.public_key_openssh).apply(
-                lambda pair: render_cloud_config(spec.image, HostKey(pair[0], pair[1]))
+                lambda pair: render_cloud_config(HostKey(pair[0], pair[1]))
             )
         )
         ignored = ["user_data", "ssh_keys"]  # fixed at creation by design (both force a new server)

@@ -15,8 +15,6 @@ import yaml
 
 from unityplan_infra.render.ssh import SSHD_DROP_IN_PATH, host_key_line, sshd_drop_in
 
-DOCKER_IMAGE = "docker-ce"  # Hetzner app image with Docker preinstalled
-
 
 @dataclass(frozen=True)
 class HostKey:
@@ -26,13 +24,12 @@ class HostKey:
     public_openssh: str
 
 
-def cloud_config(image: str, host_key: HostKey) -> dict[str, Any]:
-    packages = ["wireguard", "wireguard-tools"]
-    if image != DOCKER_IMAGE:
-        packages.append("docker.io")
+def cloud_config(host_key: HostKey) -> dict[str, Any]:
+    """The same for every image: a server replaced after a change of image is created with
+    the old user data (it is an ignored input), so nothing here may depend on the image."""
     return {
-        # Only the program's host key: the image's keys go, and the one type cloud-init may
-        # generate is the one it is given (it skips types that exist), so no unpinned key.
+        # Only the program's host key: the image's keys go, and with `ssh_keys` given
+        # cloud-init generates none (the schema wants a non-empty `ssh_genkeytypes` anyway).
         "ssh_deletekeys": True,
         "ssh_genkeytypes": ["ed25519"],
         "ssh_keys": {
@@ -40,7 +37,7 @@ def cloud_config(image: str, host_key: HostKey) -> dict[str, Any]:
             "ed25519_public": host_key_line(host_key.public_openssh),
         },
         "package_update": True,
-        "packages": packages,
+        "packages": ["wireguard", "wireguard-tools", "iptables"],
         "write_files": [
             {"path": SSHD_DROP_IN_PATH, "content": sshd_drop_in(), "permissions": "0644"},
             {
@@ -59,6 +56,8 @@ def cloud_config(image: str, host_key: HostKey) -> dict[str, Any]:
             },
         ],
         "runcmd": [
+            # Docker from the distribution unless the image has it (Hetzner's docker-ce).
+            ["sh", "-c", "command -v docker >/dev/null || apt-get install -y docker.io"],
             ["sysctl", "--system"],
             ["systemctl", "daemon-reload"],
             ["install", "-d", "-m", "0700", "/etc/wireguard", "/opt/unityplan"],
@@ -79,6 +78,6 @@ def _string(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 _Dumper.add_representer(str, _string)
 
 
-def render_cloud_config(image: str, host_key: HostKey) -> str:
-    document = cloud_config(image, host_key)
+def render_cloud_config(host_key: HostKey) -> str:
+    document = cloud_config(host_key)
     return "#cloud-config\n" + yaml.dump(document, Dumper=_Dumper, sort_keys=False)

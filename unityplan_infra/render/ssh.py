@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from typing import Final
 
-SSHD_DROP_IN_PATH: Final = "/etc/ssh/sshd_config.d/60-unityplan.conf"
+# sshd keeps the first value it reads, in file-name order: 00- comes before the images' own
+# drop-ins (cloud-init's 50-cloud-init.conf sets PasswordAuthentication yes on many).
+SSHD_DROP_IN_PATH: Final = "/etc/ssh/sshd_config.d/00-unityplan.conf"
 
 # The Docker provider opens one `docker system dial-stdio` session per API connection, all
 # multiplexed over one ControlMaster connection, and Pulumi runs resources in parallel.
@@ -26,17 +28,37 @@ MAX_SESSIONS: Final = 100
 MAX_STARTUPS: Final = "100:30:300"
 
 
-def sshd_drop_in() -> str:
-    """sshd settings of every host (a drop-in: the first value sshd reads wins, and
-    Debian's and Ubuntu's sshd_config include sshd_config.d/*.conf before their own)."""
-    settings = {
+def sshd_settings() -> dict[str, str]:
+    """What every host's sshd must run with (`sshd -T` prints them lower-cased)."""
+    return {
         "MaxSessions": str(MAX_SESSIONS),
         "MaxStartups": MAX_STARTUPS,
         "PasswordAuthentication": "no",
         "KbdInteractiveAuthentication": "no",
         "PermitRootLogin": "prohibit-password",
     }
-    return "".join(f"{key} {value}\n" for key, value in settings.items())
+
+
+def sshd_drop_in() -> str:
+    """sshd settings of every host (a drop-in: the first value sshd reads wins, and
+    Debian's and Ubuntu's sshd_config include sshd_config.d/*.conf before their own)."""
+    return "".join(f"{key} {value}\n" for key, value in sshd_settings().items())
+
+
+# How `sshd -T` prints a value that has an older spelling (OpenSSH 9.2 prints the old one).
+_EFFECTIVE = {"prohibit-password": "(prohibit-password|without-password)"}
+
+
+def sshd_effective_check() -> str:
+    """Shell: fail unless sshd's effective configuration has every setting (a host whose
+    sshd_config lacks the Include, or an earlier file, would silently ignore the drop-in)."""
+    effective = 'effective="$(sshd -T)"'
+    checks = [
+        f"printf '%s\\n' \"$effective\" | grep -Eqix '{key} {_EFFECTIVE.get(value, value)}'"
+        f" || {{ echo 'sshd ignores {SSHD_DROP_IN_PATH}: {key} is not {value}' >&2; exit 1; }}"
+        for key, value in sshd_settings().items()
+    ]
+    return "\n".join([effective, *checks]) + "\n"
 
 
 def host_key_line(public_key: str) -> str:
