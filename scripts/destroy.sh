@@ -4,4 +4,6 @@
 set -euo pipefail
 STACK="${1:-dev}"; shift || true
 source "$(dirname "$0")/setup.sh" "$STACK" --no-create
-with_ssh_key pulumi destroy --stack "$STACK" "$@"
+# Protected resources (multi-host servers, which hold the pods' data) stay: without this
+# flag the whole destroy would stop at them. Retire a server deliberately (README).
+with_ssh_key pulumi destroy --stack "$STACK" --exclude-protected "$@"

@@ -78,6 +78,13 @@ with_ssh_key() {
   local key
   key="$(pulumi config get sshPrivateKey --stack "$STACK" 2>/dev/null || true)"
   if [ -z "$key" ]; then
+    # Multi-host connects to every host: without a key in the agent each remote command
+    # would retry its login for minutes before it fails.
+    if [ "$(pulumi config get layout --stack "$STACK" 2>/dev/null || true)" = multi-host ] \
+        && ! ssh-add -l >/dev/null 2>&1; then
+      echo "no key in ssh-agent: ssh-add your key, or set sshPrivateKey (secret) in the stack" >&2
+      return 1
+    fi
     "$@"
     return
   fi

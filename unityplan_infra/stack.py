@@ -31,6 +31,10 @@ REMOTE_CONFIG_ROOT = "/opt/unityplan"
 # connection keeps a first deploy under sshd's MaxStartups. Host keys are pinned
 # (render/ssh.py), never learned on first use.
 SSH_OPTIONS = [
+    # Never prompt in the middle of `up`; authenticate with the agent's keys only, as the
+    # remote commands do (a passphrase-protected ~/.ssh/id_* would otherwise prompt).
+    "-o", "BatchMode=yes",
+    "-o", "IdentityFile=none",
     "-o", "ControlMaster=auto",
     "-o", "ControlPath=~/.ssh/unityplan-%C",
     "-o", "ControlPersist=120",
@@ -98,7 +102,10 @@ def deploy(deployment: Deployment, *, stack: str) -> dict[str, Any]:
         deployment,
         host=hosts[first.host],
         client_password=mesh.secrets.nats_client_password,
-        network=mesh.mesh_network.name if mesh.mesh_network else "host",
+        # Multi-host: Docker's default bridge (not the host network, where the firewall's
+        # DOCKER-USER rules would not keep it from the metadata service); it reaches the
+        # cluster on the host's WireGuard address through Docker's published port.
+        network=mesh.mesh_network.name if mesh.mesh_network else "bridge",
         servers=[pod.containers["nats"] for pod in pods.values()],
     )
 

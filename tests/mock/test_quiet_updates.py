@@ -18,7 +18,7 @@ import pytest
 
 from tests.support import engine
 from tests.support.mocks import CONTAINER_TYPE, NETWORK_TYPE, Graph, Resource, run_program
-from tests.support.stackfile import as_pulumi_config, stack_values
+from tests.support.stackfile import SSH_HOST_KEY, as_pulumi_config, stack_values
 from unityplan_infra.topology.stop import STOP_GRACE_SECONDS
 
 pytestmark = pytest.mark.timeout(180)
@@ -155,9 +155,7 @@ def test_a_changed_healthcheck_replaces_the_container() -> None:
 def test_a_rotated_ssh_key_reruns_no_command_and_replaces_no_container() -> None:
     first = first_run("nordic")
     hetzner = dict(stack_values("nordic")[f"{NS}:hetzner"])
-    hetzner["sshPublicKey"] = (
-        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIRotatedKey00000000000000000000000000000000 new@unityplan"
-    )
+    hetzner["sshPublicKey"] = SSH_HOST_KEY + " rotated@unityplan"  # any other valid key
     config = config_of(
         "nordic",
         hetzner=hetzner,

@@ -18,11 +18,14 @@ ROOT = Path(__file__).resolve().parents[2]
 # 2544), not a documentation one, and never routed.
 # A host key for `ssh` hosts in tests (an Ed25519 public key; its private half was dropped).
 SSH_HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKfHH5Pvkzast3Byt4OyztOYvqGBeBv4Sp2lBz0xUTTK"
+# The operator's own login key (public half of a key generated for these tests).
+ADMIN_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPW3oups1TPx0gEcE381Gz1PeWrsfLEKf7sUCUhO/kq2 ops"
 OPERATOR_SETTINGS: dict[str, dict[str, Any]] = {
     "nordic": {
         "unityplan-infra:webDomain": "ops.unityplan.org",
         "unityplan-infra:acme": {"email": "ops@unityplan.org"},
         "unityplan-infra:hetzner.adminCidrs": ["198.18.7.7/32"],
+        "unityplan-infra:hetzner.sshPublicKey": ADMIN_KEY,
     },
 }
 

@@ -142,7 +142,7 @@ def test_program_fails_before_registering_anything(case: BadConfig) -> None:
     assert graph.exports == {}
 
 
-@pytest.mark.parametrize("keys", [{}, {"sshPublicKey": "ssh-ed25519 AAAA x", "sshKeyName": "k"}])
+@pytest.mark.parametrize("keys", [{}, {"sshPublicKey": SSH_HOST_KEY, "sshKeyName": "k"}])
 def test_exactly_one_ssh_key_setting(keys: dict[str, str]) -> None:
     values = copy.deepcopy(stack_values(STACK))
     values[f"{NS}:hetzner"] = {"adminCidrs": ["198.18.7.7/32"], **keys}

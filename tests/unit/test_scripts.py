@@ -53,13 +53,13 @@ def prepare(tmp_path: Path, verify_exit: int = 0) -> Path:
         record + f'cp "$5" {tmp_path}/outputs-seen.json; stat -c %a "$5" > {tmp_path}/mode\n'
         f"exit {verify_exit}\n",
     )
-    # `config get sshPrivateKey` answers from the file `ssh-key` (absent: not set, exit 1);
+    # `config get KEY` answers from the file `config-KEY` (absent: not set, exit 1);
     # `up` records the keys its ssh-agent holds (`ssh-add -L`; none: exit 1).
     pulumi = record + (
         'case "$1" in\n'
         "  version) echo v3.272.0 ;;\n"
         f"  stack) if [ \"$2\" = output ]; then echo '{json.dumps(OUTPUTS)}'; fi ;;\n"
-        f"  config) cat {tmp_path}/ssh-key 2>/dev/null || exit 1 ;;\n"
+        f'  config) cat "{tmp_path}/config-$3" 2>/dev/null || exit 1 ;;\n'
         f"  up) ssh-add -L > {tmp_path}/agent-keys 2>&1; echo \"$SSH_AUTH_SOCK\" > {tmp_path}/agent ;;\n"
         "esac\n"
     )
@@ -94,9 +94,10 @@ def test_up_deploys_dev_on_a_local_backend_with_a_passphrase_outside_it(tmp_path
     assert calls[1].startswith("pip install -q --disable-pip-version-check -r requirements.txt")
     assert calls[2].startswith("pulumi stack select --create dev")
     assert calls[3].startswith("pulumi config get sshPrivateKey --stack dev |")
-    assert calls[4].startswith("pulumi up --stack dev |")
-    assert f"backend=file://{state}" in calls[4]
-    assert f"passfile={passphrase}" in calls[4]
+    assert calls[4].startswith("pulumi config get layout --stack dev |")
+    assert calls[5].startswith("pulumi up --stack dev |")
+    assert f"backend=file://{state}" in calls[5]
+    assert f"passfile={passphrase}" in calls[5]
     # One copy of the state directory must not open the secrets.
     assert not passphrase.is_relative_to(state)
     assert stat.S_IMODE(passphrase.stat().st_mode) == 0o600
@@ -109,7 +110,7 @@ def test_a_configured_ssh_key_is_in_an_agent_for_the_command_only(tmp_path: Path
     argument or variable; the agent ends with the command."""
     project = prepare(tmp_path)
     key = Ed25519PrivateKey.generate()
-    (tmp_path / "ssh-key").write_bytes(
+    (tmp_path / "config-sshPrivateKey").write_bytes(
         key.private_bytes(Encoding.PEM, PrivateFormat.OpenSSH, NoEncryption())
     )
     public = key.public_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode()
@@ -123,6 +124,31 @@ def test_a_configured_ssh_key_is_in_an_agent_for_the_command_only(tmp_path: Path
     while socket.exists() and time.monotonic() < deadline:
         time.sleep(0.05)  # ssh-agent removes its socket as it exits
     assert not socket.exists()
+
+
+def test_multi_host_without_any_key_stops_before_pulumi(tmp_path: Path) -> None:
+    project = prepare(tmp_path)
+    (tmp_path / "config-layout").write_text("multi-host\n")
+    result, calls = run(tmp_path, project, "up.sh", "nordic", env={"SSH_AUTH_SOCK": ""})
+    assert result.returncode == 1
+    assert "no key in ssh-agent" in result.stderr
+    assert not any(call.startswith("pulumi up") for call in calls)
+    # With a key in the caller's agent it goes ahead.
+    agent = subprocess.run(["ssh-agent", "-s"], capture_output=True, text=True, check=True)
+    socket = agent.stdout.split("SSH_AUTH_SOCK=")[1].split(";")[0]
+    pid = agent.stdout.split("SSH_AGENT_PID=")[1].split(";")[0]
+    try:
+        key = tmp_path / "id_ed25519"
+        key.write_bytes(Ed25519PrivateKey.generate().private_bytes(
+            Encoding.PEM, PrivateFormat.OpenSSH, NoEncryption()))  # fmt: skip
+        key.chmod(0o600)
+        env = {"SSH_AUTH_SOCK": socket}
+        subprocess.run(["ssh-add", "-q", str(key)], env={**os.environ, **env}, check=True)
+        result, calls = run(tmp_path, project, "up.sh", "nordic", env=env)
+        assert result.returncode == 0, result.stderr
+        assert any(call.startswith("pulumi up --stack nordic") for call in calls)
+    finally:
+        subprocess.run(["kill", pid], check=False)
 
 
 def test_without_a_configured_key_the_callers_agent_is_used(tmp_path: Path) -> None:
@@ -171,7 +197,8 @@ def test_a_chosen_backend_and_passphrase_are_respected(tmp_path: Path) -> None:
     ("script", "expected"),
     [
         ("preview.sh", "pulumi preview --stack dev --diff"),
-        ("destroy.sh", "pulumi destroy --stack dev --yes"),
+        # Protected servers stay; everything else goes.
+        ("destroy.sh", "pulumi destroy --stack dev --exclude-protected --yes"),
     ],
 )
 def test_preview_and_destroy(tmp_path: Path, script: str, expected: str) -> None:

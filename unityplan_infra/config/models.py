@@ -366,11 +366,16 @@ class Hetzner(Model):
     def _ssh_key(cls, value: str | None) -> str | None:
         if value is None:
             return value
-        if not value.startswith(("ssh-ed25519 ", "ssh-rsa ", "ecdsa-sha2-")):
+        words = value.split()
+        try:
+            if len(words) < 2 or not words[0].startswith(("ssh-", "ecdsa-")):
+                raise ValueError("no key type")
+            load_ssh_public_key(" ".join(words[:2]).encode())
+        except (ValueError, UnsupportedAlgorithm) as error:
             raise ConfigIssue(
-                "not an OpenSSH public key",
+                "not an OpenSSH public key (the stack file's placeholder?)",
                 "paste the line of ~/.ssh/id_ed25519.pub ('ssh-ed25519 AAAA...')",
-            )
+            ) from error
         return value.strip()
 
     @field_validator("admin_cidrs")
@@ -379,7 +384,7 @@ class Hetzner(Model):
         if not value:
             raise ConfigIssue(
                 "no admin network: nobody could reach SSH",
-                "list the networks you administer from, like ['198.51.100.7/32']",
+                "list the networks you administer from, like ['<your public IP>/32']",
             )
         for cidr in value:
             try:
