@@ -287,3 +287,8 @@ def test_a_server_from_before_generated_keys_pins_its_own_key() -> None:
     assert run.exports["hosts"]["dk"]["sshHostKey"] == SSH_HOST_KEY
     assert unwrap(run.named("dk-firewall").inputs["connection"])["hostKey"] == SSH_HOST_KEY
     assert run.exports["hosts"]["no"]["sshHostKey"] != SSH_HOST_KEY
+
+
+def test_the_stream_job_runs_behind_the_firewall_not_on_the_host_network() -> None:
+    job = unwrap(nordic().named("nats-streams-apply").inputs["create"])
+    assert "--network bridge " in job and "--network host" not in job
