@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 DEBIAN_PACKAGES=(nats-server prometheus cloud-init wireguard-tools wireguard-go
                  postgresql redis-server iproute2 iputils-ping procps curl
                  prometheus-postgres-exporter prometheus-redis-exporter
-                 openssh-server openssh-client shellcheck iptables systemd)
+                 openssh-server openssh-client shellcheck iptables systemd
+                 prometheus-alertmanager prometheus-node-exporter util-linux)
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
 missing=()
