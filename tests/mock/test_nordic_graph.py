@@ -58,6 +58,7 @@ PER_HOST_CONTAINERS = ("monitoring-node-exporter", "monitoring-cadvisor")
 # Dev tools are off by default in multi-host (test_security.py covers turning them on).
 MONITORING_CONTAINERS = (
     "monitoring-prometheus", "monitoring-grafana", "monitoring-jaeger", "reverse-proxy-traefik",
+    "monitoring-alertmanager",
 )  # fmt: skip
 REPLACED_WHEN_A_POD_IS_ADDED: set[tuple[str, str]] = set()
 
@@ -299,8 +300,8 @@ def test_admin_ports_listen_on_loopback_and_only_traefik_web_on_all(nordic: Grap
     assert len(nats_ports) == 2 * len(SLOTS) and not nats_ports & {8222, 8223, 8224}  # monitor
     assert on_vpn == PEER_PORTS
     # PostgreSQL, Redis, NATS monitoring, kubo's API and gateway, Synapse's client API per pod;
-    # Prometheus, Grafana, Jaeger and Traefik's dashboard on the monitoring host.
-    assert loopback == 6 * len(SLOTS) + 4
+    # Prometheus, Grafana, Jaeger, Alertmanager and Traefik's dashboard on the monitoring host.
+    assert loopback == 6 * len(SLOTS) + 5
 
 
 # --- Docker providers ---------------------------------------------------------------------

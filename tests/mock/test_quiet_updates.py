@@ -220,7 +220,7 @@ def test_a_new_mesh_subnet_replaces_the_network_and_its_containers_only() -> Non
                    if r.inputs["name"] == "unityplan-mesh-network")  # fmt: skip
     on_mesh = {c.inputs["name"] for c in second.of_type(CONTAINER_TYPE)
                if any(a["name"] == mesh_id for a in c.inputs.get("networksAdvanced", []))}  # fmt: skip
-    assert len(on_mesh) == 34
+    assert len(on_mesh) == 35
     assert by_type.pop(CONTAINER_TYPE) == on_mesh
     # Commands follow: those triggered by a container's ID (run again against the new
     # container) and Synapse's config, whose federation allow-list holds the subnet.

@@ -7,8 +7,10 @@ pod never replaces the Prometheus container.
 from __future__ import annotations
 
 import pulumi
+import pulumi_docker as docker
 
 from unityplan_infra.components.host import (
+    Attachment,
     HostAccess,
     container,
     signal_reload,
@@ -16,6 +18,16 @@ from unityplan_infra.components.host import (
     volume,
 )
 from unityplan_infra.components.secrets import password
+from unityplan_infra.config.models import StackConfig
+from unityplan_infra.render.alertmanager import (
+    DEFAULT_SECRETS_DIR,
+    SMTP_PASSWORD_FILE,
+    AlertRouting,
+    EmailReceiver,
+    alertmanager_secret_files,
+    dev_routing,
+    render_alertmanager_config,
+)
 from unityplan_infra.render.alerts import ALERT_RULES_FILE, render_alert_rules
 from unityplan_infra.render.dashboards import (
     HOME_DASHBOARD_PATH,
@@ -35,6 +47,8 @@ from unityplan_infra.render.traefik import (
 from unityplan_infra.topology.plan import Deployment
 from unityplan_infra.topology.stop import stop_grace_seconds
 
+# The prom/alertmanager image runs as nobody; it reads the password file at every send.
+ALERTMANAGER_USER = "65534:65534"
 GRAFANA_ADMIN = "unityplan-admin"
 
 
@@ -89,6 +103,8 @@ class MonitoringStack(pulumi.ComponentResource):
             binds=[(host.path("monitoring/prometheus"), "/config")],
             depends_on=[prometheus_file, rules_file],
         )
+
+        self.alertmanager = self._alertmanager(deployment, host, networks)
 
         self.grafana_admin_password = password("grafana-admin-password", self)
         datasources = host.config_file(
@@ -169,3 +185,69 @@ class MonitoringStack(pulumi.ComponentResource):
         self.register_outputs(
             {"urls": self.urls, "grafanaAdminPassword": self.grafana_admin_password}
         )
+
+    def _alertmanager(
+        self, deployment: Deployment, host: HostAccess, networks: list[Attachment]
+    ) -> docker.Container:
+        """Alertmanager beside Prometheus; its config and secret files reload by SIGHUP."""
+        smtp_password = pulumi.Config().get_secret("alertSmtpPassword")
+        routing: pulumi.Output[AlertRouting] = pulumi.Output.secret(
+            pulumi.Output.from_input(smtp_password).apply(
+                lambda secret: alert_routing(deployment.config, secret)
+            )
+        )
+        reload = signal_reload("monitoring-alertmanager")
+        files = [
+            host.config_file(
+                "alertmanager-config", "monitoring/alertmanager/alertmanager.yml",
+                routing.apply(render_alertmanager_config), parent=self, reload=reload,
+            )
+        ]  # fmt: skip
+        if smtp_password is not None:
+            files.append(
+                host.config_file(
+                    "alertmanager-smtp-password",
+                    f"monitoring/alertmanager-secrets/{SMTP_PASSWORD_FILE}",
+                    routing.apply(lambda r: alertmanager_secret_files(r)[SMTP_PASSWORD_FILE]),
+                    parent=self, reload=reload, secret_for=ALERTMANAGER_USER,
+                )
+            )  # fmt: skip
+        data = volume("monitoring-alertmanager-data", host=host, parent=self)
+        return container(
+            "monitoring-alertmanager",
+            host=host,
+            image=deployment.config.images.alertmanager,
+            parent=self,
+            grace_seconds=stop_grace_seconds("alertmanager"),
+            bindings=host.plan.ports_of("monitoring-alertmanager"),
+            networks=networks,
+            command_args=[
+                "--config.file=/config/alertmanager.yml",
+                "--storage.path=/alertmanager",
+                "--cluster.listen-address=",  # one instance: no gossip port
+            ],
+            healthcheck="wget -q -O /dev/null http://127.0.0.1:9093/-/ready",
+            volumes=[(data, "/alertmanager")],
+            binds=[
+                (host.path("monitoring/alertmanager"), "/config"),
+                (host.path("monitoring/alertmanager-secrets"), DEFAULT_SECRETS_DIR),
+            ],
+            depends_on=files,
+        )
+
+
+def alert_routing(config: StackConfig, smtp_password: str | None) -> AlertRouting:
+    """Where alerts go: the stack's `alerting`, else MailHog when dev tools run, else
+    nowhere (a warning says so)."""
+    alerting = config.alerting
+    if alerting is None:
+        return dev_routing() if config.dev_tools_enabled else AlertRouting()
+    email = None
+    if alerting.email is not None:
+        settings = alerting.email
+        email = EmailReceiver(
+            tuple(settings.to), settings.sender, settings.smarthost,
+            username=settings.username, password=smtp_password if settings.username else None,
+            require_tls=settings.require_tls,
+        )  # fmt: skip
+    return AlertRouting(email=email, webhook_url=alerting.webhook_url)

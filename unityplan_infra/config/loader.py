@@ -20,7 +20,8 @@ from unityplan_infra.topology.plan import Deployment, plan_deployment
 _HOST_KINDS = {"hcloud", "ssh"}
 # Secret settings read by the scripts, not by the program: scripts/setup.sh loads
 # sshPrivateKey into an ssh-agent, so no credential is ever an input of a resource.
-SECRET_KEYS = {"sshPrivateKey"}
+# alertSmtpPassword is read by the monitoring stack as a Pulumi secret.
+SECRET_KEYS = {"sshPrivateKey", "alertSmtpPassword"}
 
 
 def namespace_values(all_config: Mapping[str, Any]) -> dict[str, Any]:
@@ -57,7 +58,19 @@ def load_stack_config(values: Mapping[str, Any]) -> StackConfig:
 
 def load_deployment(all_config: Mapping[str, Any]) -> Deployment:
     """Config of the whole stack -> validated deployment plan (ports checked too)."""
-    return plan_deployment(load_stack_config(namespace_values(all_config)))
+    config = load_stack_config(namespace_values(all_config))
+    _check_secrets(config, all_config)
+    return plan_deployment(config)
+
+
+def _check_secrets(config: StackConfig, all_config: Mapping[str, Any]) -> None:
+    """Secret settings that other settings require (their values are never shown)."""
+    email = config.alerting.email if config.alerting else None
+    if email is not None and email.username and not all_config.get(f"{NAMESPACE}:alertSmtpPassword"):
+        raise ConfigError([Problem(
+            "alertSmtpPassword", None, "alerting.email.username is set but its password is not",
+            "pulumi config set --secret alertSmtpPassword (or remove the username)",
+        )])  # fmt: skip
 
 
 def _problem(item: Any) -> Problem:

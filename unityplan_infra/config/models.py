@@ -238,6 +238,7 @@ class HostPorts(Model):
     prometheus: int = 9090
     grafana: int = 3001
     jaeger: int = 16686
+    alertmanager: int = 9093
     traefik_http: int = 80
     traefik_https: int = 443
     traefik_dashboard: int = 8083
@@ -262,6 +263,7 @@ class Images(Model):
     node_exporter: str = "quay.io/prometheus/node-exporter:v1.8.2"
     cadvisor: str = "gcr.io/cadvisor/cadvisor:v0.49.2"
     prometheus: str = "prom/prometheus:v2.55.1"
+    alertmanager: str = "prom/alertmanager:v0.28.1"
     # Internet-facing: pinned by digest too (the multi-arch index), so a re-pushed tag
     # cannot change what runs. The provider pulls by the digest (terraform-provider-docker
     # v4.5.0, "Allow digest in image name").
@@ -312,6 +314,52 @@ class DevTools(Model):
     # Default: on in single-host, off in multi-host. Turned on in multi-host they listen on
     # the monitoring host's loopback only, behind SSH (README, "Security model").
     enabled: bool | None = None
+
+
+class EmailAlerts(Model):
+    """Alert email through an SMTP server; the password is the secret `alertSmtpPassword`."""
+
+    to: list[str]
+    sender: str
+    smarthost: str  # host:port; 465 means TLS from the first byte
+    username: str | None = None
+    require_tls: bool = True
+
+    @field_validator("to")
+    @classmethod
+    def _recipients(cls, value: list[str]) -> list[str]:
+        if not value or any("@" not in address or "," in address for address in value):
+            raise ConfigIssue("list one address per entry", "e.g. to: [ops@your-domain]")
+        return value
+
+    @field_validator("smarthost")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ConfigIssue("not host:port", "write the SMTP server like smtp.example.net:587")
+        return value
+
+    @model_validator(mode="after")
+    def _no_credentials_in_clear(self) -> EmailAlerts:
+        host, _, port = self.smarthost.rpartition(":")
+        if self.username and not self.require_tls and port != "465" and host not in (
+            "localhost", "127.0.0.1", "[::1]"
+        ):
+            raise ConfigIssue(
+                "SMTP credentials without TLS would cross the network in clear",
+                "keep requireTls: true (or use port 465)",
+                key="alerting.email.requireTls",
+                value=False,
+            )
+        return self
+
+
+class Alerting(Model):
+    """Where Alertmanager sends alerts. Default: MailHog when dev tools run, else nowhere."""
+
+    email: EmailAlerts | None = None
+    webhook_url: str | None = None
 
 
 class Acme(Model):
@@ -423,6 +471,7 @@ class StackConfig(Model):
     # localhost. Multi-host: required (a DNS name pointing at the monitoring host).
     web_domain: str | None = None
     acme: Acme | None = None
+    alerting: Alerting | None = None
     # Who may open the web UIs through Traefik (multi-host). Default: hetzner.adminCidrs.
     web_allow_cidrs: list[str] | None = None
     # Subnet of unityplan-mesh-network (single-host); Synapse federates within it only.
@@ -627,6 +676,11 @@ class StackConfig(Model):
                         f"{NAMESPACE}:{key} contains {cidr}: the whole internet may try to"
                         " log in; list the networks you administer from instead"
                     )
+        if self.monitoring.enabled and self.alerting is None and not self.dev_tools_enabled:
+            found.append(
+                f"{NAMESPACE}:alerting is not set: alerts reach nobody; set alerting.email"
+                " (and the secret alertSmtpPassword) or alerting.webhookUrl"
+            )
         if self.layout == "multi-host" and self.monitoring.enabled and not self.web_allow_list:
             found.append(
                 f"{NAMESPACE}:webAllowCidrs is empty and no hetzner.adminCidrs apply: Grafana's"

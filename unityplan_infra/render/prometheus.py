@@ -27,6 +27,8 @@ CLUSTER_LABEL = "unityplan-central"
 POD_EXPORTER_KINDS = ("postgres", "redis", "nats")
 # Prometheus scrapes itself inside its own container.
 SELF_TARGET = "localhost:9090"
+# Alertmanager beside Prometheus on the global network.
+ALERTMANAGER_TARGET = "monitoring-alertmanager:9093"
 
 
 def _job(name: str, static_configs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -75,6 +77,7 @@ def prometheus_config(deployment: Deployment) -> dict[str, Any]:
         },
         # Relative: beside prometheus.yml, in the container's /config as in a test's tmp dir.
         "rule_files": [ALERT_RULES_FILE],
+        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [ALERTMANAGER_TARGET]}]}]},
         "scrape_configs": jobs,
     }
 

@@ -293,6 +293,7 @@ class HostPlan:
                 bind("monitoring-prometheus", "prometheus", 9090),
                 bind("monitoring-grafana", "grafana", 3000),
                 bind("monitoring-jaeger", "jaeger", 16686),
+                bind("monitoring-alertmanager", "alertmanager", 9093),
                 bind("reverse-proxy-traefik", "traefik_http", 80, "public"),
                 bind("reverse-proxy-traefik", "traefik_https", 443, "public"),
                 bind("reverse-proxy-traefik", "traefik_dashboard", 8080),  # api.insecure
@@ -319,6 +320,7 @@ class HostPlan:
             "grafana": f"http://{address}:{ports.grafana}",
             "prometheus": f"http://{address}:{ports.prometheus}",
             "jaeger": f"http://{address}:{ports.jaeger}",
+            "alertmanager": f"http://{address}:{ports.alertmanager}",
             "traefik": f"http://{address}:{ports.traefik_dashboard}/dashboard/",
         }
 

@@ -25,6 +25,7 @@ STOP_GRACE_SECONDS: Final[dict[str, int]] = {
     "matrix": 30,
     "prometheus": 60,
     "grafana": 30,
+    "alertmanager": 30,  # flushes its notification log and silences to its volume
     "jaeger": 30,
     "traefik": 30,
 }

@@ -1,0 +1,86 @@
+"""Alerts reach a person (issue 9): Prometheus loads the rules and sends to Alertmanager,
+whose routing comes from stack config (dev: MailHog), with the SMTP password in a file."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.support.mocks import Graph, run_program, unwrap
+from tests.support.stackfile import as_pulumi_config, stack_values
+from unityplan_infra.config.errors import ConfigError
+from unityplan_infra.config.loader import load_deployment
+
+pytestmark = pytest.mark.timeout(120)
+
+NS = "unityplan-infra"
+EMAIL = {"to": ["ops@unityplan.org"], "sender": "alerts@unityplan.org",
+         "smarthost": "smtp.unityplan.org:587", "username": "alerts"}  # fmt: skip
+
+
+def with_alerting(stack: str, alerting: dict[str, Any], password: str | None) -> dict[str, str]:
+    values = copy.deepcopy(stack_values(stack))
+    values[f"{NS}:alerting"] = alerting
+    if password is not None:
+        values[f"{NS}:alertSmtpPassword"] = password
+    return as_pulumi_config(values)
+
+
+def file_written(graph: Graph, name: str) -> str:
+    return str(unwrap(graph.named(name).inputs["stdin"]))
+
+
+def test_dev_alerts_go_to_mailhog_through_alertmanager() -> None:
+    graph = run_program(as_pulumi_config(stack_values("dev")), "dev")
+    prometheus = yaml.safe_load(file_written(graph, "prometheus-config"))
+    assert prometheus["rule_files"] == ["alerts.yml"]
+    targets = prometheus["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
+    assert targets == ["monitoring-alertmanager:9093"]
+    config = yaml.safe_load(file_written(graph, "alertmanager-config"))
+    (email,) = [r for r in config["receivers"] if r["name"] == "email"]
+    assert email["email_configs"][0]["smarthost"] == "dev-mailhog:1025"
+    # Alertmanager and MailHog share the global network; Prometheus reaches Alertmanager.
+    containers = graph.containers()
+    networks = {n["name"] for n in containers["monitoring-alertmanager"].inputs["networksAdvanced"]}
+    assert networks & {n["name"] for n in containers["dev-mailhog"].inputs["networksAdvanced"]}
+    assert networks & {n["name"] for n in containers["monitoring-prometheus"].inputs["networksAdvanced"]}
+
+
+def test_smtp_password_is_a_file_for_alertmanager_alone() -> None:
+    graph = run_program(with_alerting("nordic", {"email": EMAIL}, "s3cret-smtp"), "nordic")
+    config_text = file_written(graph, "alertmanager-config")
+    assert "s3cret-smtp" not in config_text
+    (email,) = [r for r in yaml.safe_load(config_text)["receivers"] if r["name"] == "email"]
+    assert email["email_configs"][0]["auth_password_file"].endswith("/smtp-password")
+    secret = graph.named("alertmanager-smtp-password")
+    assert unwrap(secret.inputs["stdin"]) == "s3cret-smtp"  # no trailing newline
+    script = unwrap(secret.inputs["create"])
+    assert 'chown 65534:65534 "$tmp"' in script and 'chmod 0600 "$tmp"' in script
+
+
+def test_a_username_without_its_password_deploys_nothing() -> None:
+    config = with_alerting("nordic", {"email": EMAIL}, None)
+    with pytest.raises(ConfigError) as raised:
+        load_deployment(config)
+    assert [p.key for p in raised.value.problems] == ["alertSmtpPassword"]
+    graph = Graph()
+    with pytest.raises(Exception, match="alertSmtpPassword"):
+        run_program(config, "nordic", graph=graph)
+    assert graph.resources == []
+
+
+def test_credentials_in_clear_are_refused() -> None:
+    email = {**EMAIL, "requireTls": False}
+    with pytest.raises(ConfigError) as raised:
+        load_deployment(with_alerting("nordic", {"email": email}, "pw"))
+    assert raised.value.problems[0].key == "alerting.email.requireTls"
+
+
+def test_without_routing_multi_host_warns_that_alerts_reach_nobody() -> None:
+    deployment = load_deployment(as_pulumi_config(stack_values("nordic")))
+    assert any("alerts reach nobody" in w for w in deployment.config.warnings())
+    dev = load_deployment(as_pulumi_config(stack_values("dev")))
+    assert not any("alerts reach nobody" in w for w in dev.config.warnings())
