@@ -238,6 +238,9 @@ class HostPorts(Model):
     prometheus: int = 9090
     grafana: int = 3001
     jaeger: int = 16686
+    # OTLP, where pods send traces (multi-host: on the monitoring host's WireGuard address)
+    otlp_grpc: int = 4317
+    otlp_http: int = 4318
     alertmanager: int = 9093
     traefik_http: int = 80
     traefik_https: int = 443

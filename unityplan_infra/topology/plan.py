@@ -293,6 +293,9 @@ class HostPlan:
                 bind("monitoring-prometheus", "prometheus", 9090),
                 bind("monitoring-grafana", "grafana", 3000),
                 bind("monitoring-jaeger", "jaeger", 16686),
+                # Traces from every pod's host: a peer need, on WireGuard.
+                bind("monitoring-jaeger", "otlp_grpc", 4317, "peer"),
+                bind("monitoring-jaeger", "otlp_http", 4318, "peer"),
                 bind("monitoring-alertmanager", "alertmanager", 9093),
                 bind("reverse-proxy-traefik", "traefik_http", 80, "public"),
                 bind("reverse-proxy-traefik", "traefik_https", 443, "public"),
