@@ -3,7 +3,7 @@
 import pulumi
 
 from unityplan_infra.config.errors import ConfigError
-from unityplan_infra.config.loader import load_deployment
+from unityplan_infra.deployment import load_deployment
 from unityplan_infra.pulumi_config import all_config
 from unityplan_infra.stack import deploy
 

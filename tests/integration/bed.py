@@ -43,8 +43,8 @@ from typing import Any
 from tests.support.nats_checks import NatsNode
 from tests.support.netns import Background, NetnsLab, wait_until
 from tests.support.stackfile import as_pulumi_config
-from unityplan_infra.config.loader import load_deployment
 from unityplan_infra.crypto.keys import wireguard_private_key, wireguard_public_key
+from unityplan_infra.deployment import load_deployment
 from unityplan_infra.render.nats import CLIENT_USER, STORE_DIR, nats_config, render_nats_config
 from unityplan_infra.render.wireguard import APPLY_SCRIPT, PeerKeys, render_wg_conf
 from unityplan_infra.topology.plan import Deployment

@@ -12,7 +12,7 @@ import yaml
 from tests.support.mocks import Graph, run_program, unwrap
 from tests.support.stackfile import as_pulumi_config, stack_values
 from unityplan_infra.config.errors import ConfigError
-from unityplan_infra.config.loader import load_deployment
+from unityplan_infra.deployment import load_deployment
 
 pytestmark = pytest.mark.timeout(120)
 

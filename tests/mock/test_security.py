@@ -23,7 +23,7 @@ from tests.support.stackfile import (
     stack_values,
 )
 from unityplan_infra.config.errors import ConfigError
-from unityplan_infra.config.loader import load_deployment
+from unityplan_infra.deployment import load_deployment
 from unityplan_infra.render.firewall import APPLY_SCRIPT, docker_user_rules
 from unityplan_infra.render.traefik import ACME_DIR
 

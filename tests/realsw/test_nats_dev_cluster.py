@@ -31,8 +31,8 @@ from ruamel.yaml import YAML
 
 from tests.support.netns import Background, NetnsError, NetnsLab, wait_until
 from tests.support.stream_job import job_argv
-from unityplan_infra.config.loader import load_deployment
 from unityplan_infra.config.models import Images, StackConfig
+from unityplan_infra.deployment import load_deployment
 from unityplan_infra.nats.streams import GLOBAL_STREAM, stream_configs, territory_stream_name
 from unityplan_infra.render.nats import CLIENT_USER, CLUSTER_NAME, nats_config
 from unityplan_infra.topology.plan import Deployment, PodPlan, plan_deployment

@@ -32,7 +32,7 @@ from tests.support.netns import Background, NetnsLab, wait_until
 from tests.support.postgres import Cluster as PgCluster
 from tests.support.stackfile import stack_config
 from tests.support.stream_job import job_argv
-from unityplan_infra.config.loader import load_deployment
+from unityplan_infra.deployment import load_deployment
 from unityplan_infra.nats.streams import stream_configs
 from unityplan_infra.render.nats import CLIENT_USER, nats_config
 from unityplan_infra.render.postgres import postgres_init_sql

@@ -7,7 +7,7 @@ from functools import cache
 from typing import Any
 
 from tests.support.stackfile import SSH_HOST_KEY, as_pulumi_config, stack_values
-from unityplan_infra.config.loader import load_deployment
+from unityplan_infra.deployment import load_deployment
 from unityplan_infra.topology.plan import Deployment
 
 PODS = {"dk": "denmark", "no": "norway", "se": "sweden"}

@@ -12,7 +12,8 @@ import pytest
 from tests.support.mocks import Graph, run_program
 from tests.support.stackfile import SSH_HOST_KEY, as_pulumi_config, stack_values
 from unityplan_infra.config.errors import ConfigError
-from unityplan_infra.config.loader import load_deployment, namespace_values
+from unityplan_infra.config.loader import namespace_values
+from unityplan_infra.deployment import load_deployment
 
 NS = "unityplan-infra"
 

@@ -15,7 +15,6 @@ from pydantic import BaseModel, ValidationError
 
 from unityplan_infra.config.errors import NAMESPACE, ConfigError, ConfigIssue, Problem
 from unityplan_infra.config.models import StackConfig
-from unityplan_infra.topology.plan import Deployment, plan_deployment
 
 _HOST_KINDS = {"hcloud", "ssh"}
 # Secret settings read by the scripts, not by the program: scripts/setup.sh loads
@@ -54,23 +53,6 @@ def load_stack_config(values: Mapping[str, Any]) -> StackConfig:
         return StackConfig.model_validate(dict(values))
     except ValidationError as error:
         raise ConfigError([_problem(item) for item in error.errors()]) from None
-
-
-def load_deployment(all_config: Mapping[str, Any]) -> Deployment:
-    """Config of the whole stack -> validated deployment plan (ports checked too)."""
-    config = load_stack_config(namespace_values(all_config))
-    _check_secrets(config, all_config)
-    return plan_deployment(config)
-
-
-def _check_secrets(config: StackConfig, all_config: Mapping[str, Any]) -> None:
-    """Secret settings that other settings require (their values are never shown)."""
-    email = config.alerting.email if config.alerting else None
-    if email is not None and email.username and not all_config.get(f"{NAMESPACE}:alertSmtpPassword"):
-        raise ConfigError([Problem(
-            "alertSmtpPassword", None, "alerting.email.username is set but its password is not",
-            "pulumi config set --secret alertSmtpPassword (or remove the username)",
-        )])  # fmt: skip
 
 
 def _problem(item: Any) -> Problem:

@@ -1,0 +1,32 @@
+"""The stack's config, validated and planned: what `__main__.py` deploys.
+
+Composes the two layers below it: `config/` (keys, values, error messages) and `topology/`
+(the plan: hosts, names, ports). Raises `ConfigError` before anything is registered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from unityplan_infra.config.errors import NAMESPACE, ConfigError, Problem
+from unityplan_infra.config.loader import load_stack_config, namespace_values
+from unityplan_infra.config.models import StackConfig
+from unityplan_infra.topology.plan import Deployment, plan_deployment
+
+
+def load_deployment(all_config: Mapping[str, Any]) -> Deployment:
+    """Config of the whole stack -> validated deployment plan (ports checked too)."""
+    config = load_stack_config(namespace_values(all_config))
+    _check_secrets(config, all_config)
+    return plan_deployment(config)
+
+
+def _check_secrets(config: StackConfig, all_config: Mapping[str, Any]) -> None:
+    """Secret settings that other settings require (their values are never shown)."""
+    email = config.alerting.email if config.alerting else None
+    if email is not None and email.username and not all_config.get(f"{NAMESPACE}:alertSmtpPassword"):
+        raise ConfigError([Problem(
+            "alertSmtpPassword", None, "alerting.email.username is set but its password is not",
+            "pulumi config set --secret alertSmtpPassword (or remove the username)",
+        )])  # fmt: skip
