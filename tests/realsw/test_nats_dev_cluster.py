@@ -29,8 +29,11 @@ from typing import Any
 import pytest
 from ruamel.yaml import YAML
 
+from tests.support.deployments import dev_deployment
 from tests.support.netns import Background, NetnsError, NetnsLab, wait_until
+from tests.support.stackfile import as_pulumi_config
 from tests.support.stream_job import job_argv
+from unityplan_infra.config.errors import ConfigError
 from unityplan_infra.config.models import Images, StackConfig
 from unityplan_infra.deployment import load_deployment
 from unityplan_infra.nats.streams import GLOBAL_STREAM, stream_configs, territory_stream_name
@@ -435,3 +438,28 @@ def test_the_tests_run_the_image_minor_of_nats_server() -> None:
     out = subprocess.run(["nats-server", "--version"], capture_output=True, text=True, check=True)
     version = out.stdout.strip().removeprefix("nats-server: v")
     assert version.split(".")[:2] == image_tag.split(".")[:2], (version, image_tag)
+
+
+def test_one_pod_cannot_run_jetstream_which_is_why_config_needs_two(tmp_path: Path) -> None:
+    """A one-pod stack would render a cluster block without routes: nats-server (the image's
+    minor) then refuses JetStream. StackConfig therefore asks for two pods at least."""
+    deployment = dev_deployment()
+    config = nats_config(
+        deployment, deployment.pods[0], route_password="r", client_password="c",
+        store_dir=str(tmp_path / "jetstream"),
+    )  # fmt: skip
+    config["cluster"]["routes"] = []  # what a deployment of this one pod renders
+    config |= {"port": 14222, "http_port": 18222, "client_advertise": "127.0.0.1:14222"}
+    config["cluster"] |= {"port": 16222, "advertise": "127.0.0.1:16222"}
+    path = tmp_path / "nats.json"
+    path.write_text(json.dumps(config))
+    result = subprocess.run(
+        ["nats-server", "-c", str(path)], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.returncode != 0
+    assert "JetStream cluster requires configured routes" in result.stdout + result.stderr
+    with pytest.raises(ConfigError, match="one pod cannot form the NATS cluster"):
+        load_deployment(as_pulumi_config({
+            "unityplan-infra:layout": "single-host",
+            "unityplan-infra:pods": [{"code": "dk", "name": "denmark", "slot": 1}],
+        }))  # fmt: skip

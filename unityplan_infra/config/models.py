@@ -494,6 +494,14 @@ class StackConfig(Model):
             raise ConfigIssue(
                 "no pods", "list at least one pod: {code: dk, name: denmark, slot: 1}"
             )
+        if len(value) == 1:
+            # Measured with nats-server 2.10: a cluster block without routes stops JetStream
+            # ("JetStream cluster requires configured routes"), and a server started
+            # without one cannot join a cluster later with its streams.
+            raise ConfigIssue(
+                "one pod cannot form the NATS cluster (JetStream needs routes to a peer)",
+                "list at least two pods (three for GLOBAL_EVENTS with 3 replicas)",
+            )
         return value
 
     @field_validator("docker_host")
