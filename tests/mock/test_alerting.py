@@ -7,10 +7,9 @@ import copy
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.support.mocks import Graph, run_program, unwrap
-from tests.support.stackfile import as_pulumi_config, stack_values
+from tests.support.stackfile import as_pulumi_config, stack_values, yaml12
 from unityplan_infra.config.errors import ConfigError
 from unityplan_infra.deployment import load_deployment
 
@@ -35,11 +34,11 @@ def file_written(graph: Graph, name: str) -> str:
 
 def test_dev_alerts_go_to_mailhog_through_alertmanager() -> None:
     graph = run_program(as_pulumi_config(stack_values("dev")), "dev")
-    prometheus = yaml.safe_load(file_written(graph, "prometheus-config"))
+    prometheus = yaml12(file_written(graph, "prometheus-config"))
     assert prometheus["rule_files"] == ["alerts.yml"]
     targets = prometheus["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
     assert targets == ["monitoring-alertmanager:9093"]
-    config = yaml.safe_load(file_written(graph, "alertmanager-config"))
+    config = yaml12(file_written(graph, "alertmanager-config"))
     (email,) = [r for r in config["receivers"] if r["name"] == "email"]
     assert email["email_configs"][0]["smarthost"] == "dev-mailhog:1025"
     # Alertmanager and MailHog share the global network; Prometheus reaches Alertmanager.
@@ -53,7 +52,7 @@ def test_smtp_password_is_a_file_for_alertmanager_alone() -> None:
     graph = run_program(with_alerting("nordic", {"email": EMAIL}, "s3cret-smtp"), "nordic")
     config_text = file_written(graph, "alertmanager-config")
     assert "s3cret-smtp" not in config_text
-    (email,) = [r for r in yaml.safe_load(config_text)["receivers"] if r["name"] == "email"]
+    (email,) = [r for r in yaml12(config_text)["receivers"] if r["name"] == "email"]
     assert email["email_configs"][0]["auth_password_file"].endswith("/smtp-password")
     secret = graph.named("alertmanager-smtp-password")
     assert unwrap(secret.inputs["stdin"]) == "s3cret-smtp"  # no trailing newline

@@ -44,7 +44,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -77,11 +77,9 @@ class Host:
 
 
 @dataclass
-class Background:
-    """A long-running process inside a namespace; its stdout and stderr go to `log`."""
+class LoggedProcess:
+    """A process whose stdout and stderr go to `log`."""
 
-    host: Host
-    name: str
     popen: subprocess.Popen[bytes]
     log: Path
 
@@ -94,6 +92,14 @@ class Background:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+@dataclass
+class Background(LoggedProcess):
+    """A long-running process inside a namespace; its stdout and stderr go to `log`."""
+
+    host: Host = field(kw_only=True)
+    name: str = field(kw_only=True)
 
     def wait_for_output(self, text: str, timeout: float = 10.0) -> None:
         """Wait until `text` appears in the log; fail early if the process exits."""
@@ -336,7 +342,7 @@ class NetnsLab:
                 self.exec_argv(target, argv), stdin=subprocess.DEVNULL, stdout=sink,
                 stderr=subprocess.STDOUT, env=_environment(env), start_new_session=True,
             )  # fmt: skip
-        process = Background(target, name, popen, log)
+        process = Background(popen, log, host=target, name=name)
         self._processes.append(process)
         return process
 

@@ -30,6 +30,12 @@ OPERATOR_SETTINGS: dict[str, dict[str, Any]] = {
 }
 
 
+def yaml12(text: str) -> Any:
+    """Parse YAML the way Pulumi and the services' Go parsers do: YAML 1.2 (`no` stays a
+    string; PyYAML's 1.1 loader would read it as false)."""
+    return YAML(typ="safe", pure=True).load(text)
+
+
 def file_values(stack: str) -> dict[str, Any]:
     """The `config:` block of a stack file exactly as committed, as YAML 1.2 data."""
     document = YAML(typ="safe", pure=True).load((ROOT / f"Pulumi.{stack}.yaml").read_text())

@@ -50,7 +50,7 @@ from typing import Any, Literal, Self
 
 from tests.support.deployments import dev_deployment
 from tests.support.nats_checks import NatsNode, settled_info, stream_info, wait_formed
-from tests.support.netns import NetnsLab, wait_until
+from tests.support.netns import LoggedProcess, NetnsLab, wait_until
 from tests.support.postgres import Cluster
 from unityplan_infra.nats.streams import GLOBAL_STREAM, stream_configs, territory_stream_name
 from unityplan_infra.render import redis as redis_render
@@ -458,21 +458,8 @@ def client_parser() -> argparse.ArgumentParser:
 # Scenarios
 # ==========================================================================================
 @dataclass
-class Proc:
-    """A process whose stdout and stderr go to `log` (a server or a client)."""
-
-    popen: subprocess.Popen[bytes]
-    log: Path
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def running(self) -> bool:
-        return self.popen.poll() is None
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
+class Proc(LoggedProcess):
+    """A server or a client; its stdout and stderr go to `log`."""
 
     def records(self) -> list[dict[str, Any]]:
         found = []

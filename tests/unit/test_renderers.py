@@ -6,9 +6,8 @@ import base64
 import json
 from html.parser import HTMLParser
 
-from ruamel.yaml import YAML
-
 from tests.support.deployments import dev_deployment, nordic_deployment
+from tests.support.stackfile import yaml12
 from unityplan_infra.crypto.keys import (
     ipfs_swarm_key,
     synapse_signing_key,
@@ -29,10 +28,6 @@ from unityplan_infra.render.traefik import render_dynamic_config
 from unityplan_infra.render.wireguard import PeerKeys, render_wg_conf
 
 SECRETS = SynapseSecrets("unityplan", "db-pw", "reg-secret", "mac-secret", "form-secret")
-
-
-def yaml12(text: str) -> object:
-    return YAML(typ="safe", pure=True).load(text)
 
 
 def test_nats_config_of_a_pod() -> None:
