@@ -82,12 +82,13 @@ def deploy(deployment: Deployment, *, stack: str) -> dict[str, Any]:
     if deployment.config.layout == "single-host":
         hosts, mesh = _single_host(deployment, stack)
         networks = [Attachment(mesh.mesh_network.id)] if mesh.mesh_network else []
+        address_owners = [mesh.mesh_network] if mesh.mesh_network else []
         outputs: dict[str, Any] = {}
     else:
         hosts, mesh, outputs = _multi_host(deployment)
-        networks = []
+        networks, address_owners = [], []
     for host in hosts.values():
-        HostExporters(host, networks=networks)
+        HostExporters(host, networks=networks, address_owners=address_owners)
 
     mesh_id = mesh.mesh_network.id if mesh.mesh_network else None
     pods = {

@@ -23,7 +23,7 @@ STACK_CONTAINERS = {
     "monitoring-prometheus": {9090}, "monitoring-grafana": {3001}, "monitoring-jaeger": {16686, 4317, 4318},
     "reverse-proxy-traefik": {80, 443, 8083}, "dev-dashboard": {8888}, "dev-adminer": {8080},
     "dev-mailhog": {8025, 1025}, "dev-redis-commander": {8082},
-    "monitoring-node-exporter": {9100}, "monitoring-cadvisor": {8089},
+    "monitoring-node-exporter": set(), "monitoring-cadvisor": {8089},  # node: host network
     "monitoring-alertmanager": {9093},  # not in the guide: alerts reach a person (issue 9)
 }  # fmt: skip
 

@@ -54,7 +54,9 @@ POD_CONTAINER_KINDS = (
     "service-postgres", "service-redis", "service-nats", "service-ipfs", "service-matrix",
     "monitoring-postgres-exporter", "monitoring-redis-exporter", "monitoring-nats-exporter",
 )  # fmt: skip
-PER_HOST_CONTAINERS = ("monitoring-node-exporter", "monitoring-cadvisor")
+PER_HOST_CONTAINERS = (
+    "monitoring-node-exporter", "monitoring-cadvisor", "monitoring-wireguard-exporter"
+)  # fmt: skip
 # Dev tools are off by default in multi-host (test_security.py covers turning them on).
 MONITORING_CONTAINERS = (
     "monitoring-prometheus", "monitoring-grafana", "monitoring-jaeger", "reverse-proxy-traefik",
@@ -268,11 +270,12 @@ def test_firewalls_open_only_wireguard_web_and_admin_ssh(nordic: Graph) -> None:
 
 # What a peer host needs, and so all that listens on a WireGuard address: NATS clients and
 # routes (ports per slot, checked apart), the IPFS swarm, Matrix federation, and the
-# exporters Prometheus scrapes.
+# exporters Prometheus scrapes. (node-exporter and the WireGuard exporter publish nothing:
+# they are in the host's network namespace and listen on the WireGuard address themselves.)
 PEER_PORTS = {
     "service-ipfs": {4001}, "service-matrix": {8448},
     "monitoring-postgres-exporter": {9187}, "monitoring-redis-exporter": {9121},
-    "monitoring-nats-exporter": {7777}, "monitoring-node-exporter": {9100},
+    "monitoring-nats-exporter": {7777},
     "monitoring-cadvisor": {8080}, "monitoring-jaeger": {4317, 4318},  # OTLP traces
 }  # fmt: skip
 
@@ -434,12 +437,17 @@ def test_wireguard_applied_before_containers_listening_on_it(nordic: Graph) -> N
         host = provider_host(resource)
         assert host is not None
         ports = inputs.get("ports") or []
-        if any(port.get("ip") == vpn_address(SLOTS[host]) for port in ports):
+        in_host_network = inputs.get("networkMode") == "host" and any(
+            vpn_address(SLOTS[host]) in argument for argument in inputs.get("command") or []
+        )
+        if in_host_network or any(port.get("ip") == vpn_address(SLOTS[host]) for port in ports):
             assert apply[host] in nordic.ancestors(resource), (
                 f"{inputs['name']} on {host} may start before wg0 is up"
             )
             checked += 1
-    assert checked == 8 * len(SLOTS) + 1  # + Jaeger's OTLP on the monitoring host
+    # Per host: NATS, kubo, Synapse, 3 pod exporters, cAdvisor, node-exporter and the
+    # WireGuard exporter; + Jaeger's OTLP on the monitoring host.
+    assert checked == 9 * len(SLOTS) + 1
 
 
 # --- secrets ------------------------------------------------------------------------------

@@ -220,14 +220,16 @@ def test_a_new_mesh_subnet_replaces_the_network_and_its_containers_only() -> Non
                    if r.inputs["name"] == "unityplan-mesh-network")  # fmt: skip
     on_mesh = {c.inputs["name"] for c in second.of_type(CONTAINER_TYPE)
                if any(a["name"] == mesh_id for a in c.inputs.get("networksAdvanced", []))}  # fmt: skip
-    assert len(on_mesh) == 35
-    assert by_type.pop(CONTAINER_TYPE) == on_mesh
+    assert len(on_mesh) == 34
+    # node-exporter is on no network: it listens on the mesh network's gateway address.
+    assert by_type.pop(CONTAINER_TYPE) == on_mesh | {"monitoring-node-exporter"}
     # Commands follow: those triggered by a container's ID (run again against the new
-    # container) and Synapse's config, whose federation allow-list holds the subnet.
+    # container), Synapse's config, whose federation allow-list holds the subnet, and
+    # Prometheus's, whose node target is the gateway address.
     commands = by_type.pop("command:local:Command")
     assert commands == {
         f"{code}-{job}" for code in ("dk", "no", "se")
         for job in ("postgres-databases", "ipfs-peer-id", "ipfs-peering", "synapse-config")
-    }  # fmt: skip
+    } | {"prometheus-config"}  # fmt: skip
     assert by_type == {}  # no volume, image or other network
     assert all(step == "replace" for step in changed.values()), changed

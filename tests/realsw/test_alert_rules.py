@@ -64,7 +64,7 @@ def series(name: str, labels: Mapping[str, str]) -> str:
 def pod_target(pod: PodPlan, job: str) -> dict[str, str]:
     """Labels prometheus.yml gives a pod exporter's series."""
     return {"job": job, "instance": pod.exporter_target(job), "pod": pod.pod.name,
-            "territory": pod.code}  # fmt: skip
+            "territory": pod.code, "host": pod.host}  # fmt: skip
 
 
 def host_target(host: HostPlan, job: str = "node") -> dict[str, str]:
@@ -132,7 +132,7 @@ def cases() -> list[Case]:
         Case("pod-exporter", TARGET_DOWN, DEV, {series("up", nats_no): "1 0x10"}, "5m",
              quiet_at=("3m",), expected=[
             alert(nats_no, "critical",
-                  summary="nats target monitoring-nats-exporter-no:7777 is down (pod norway)",
+                  summary="nats target monitoring-nats-exporter-no:7777 is down (pod norway) (host local)",
                   runbook="docker exec monitoring-prometheus wget -qO-"
                   " http://monitoring-nats-exporter-no:7777/metrics | head (on the monitoring"
                   " host); docker logs monitoring-nats-exporter-no; " + CONFIG),
@@ -140,7 +140,7 @@ def cases() -> list[Case]:
         Case("multi-host-pod-exporter", TARGET_DOWN, NORDIC,
              {series("up", pod_target(nse, "postgres")): "0x10"}, "5m", [
             alert(pod_target(nse, "postgres"), "critical",
-                  summary="postgres target 10.0.3.1:9189 is down (pod sweden)",
+                  summary="postgres target 10.0.3.1:9189 is down (pod sweden) (host se)",
                   runbook="docker exec monitoring-prometheus wget -qO- http://10.0.3.1:9189/metrics"
                   " | head (on the monitoring host); on host se: docker logs"
                   " monitoring-postgres-exporter-se; " + CONFIG),

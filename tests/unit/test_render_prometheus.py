@@ -52,7 +52,7 @@ def test_pod_exporter_targets_and_labels(config: dict[str, Any], kind: str) -> N
     assert entries == [
         {
             "targets": [f"monitoring-{kind}-exporter-{code}:{EXPORTER_PORTS[kind]}"],
-            "labels": {"pod": name, "territory": code},
+            "labels": {"pod": name, "territory": code, "host": "local"},
         }
         for code, name in PODS.items()
     ]
@@ -83,7 +83,7 @@ def test_norway_territory_survives_yaml_as_a_string() -> None:
         assert norway == [
             {
                 "targets": ["monitoring-postgres-exporter-no:9187"],
-                "labels": {"pod": "norway", "territory": "no"},
+                "labels": {"pod": "norway", "territory": "no", "host": "local"},
             }
         ]
         assert norway[0]["labels"]["territory"] is not False
@@ -99,13 +99,17 @@ def test_self_scrape(config: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("job", ["node", "cadvisor"])
 def test_host_exporters_once_per_single_host(config: dict[str, Any], job: str) -> None:
-    target = {"node": "monitoring-node-exporter:9100", "cadvisor": "monitoring-cadvisor:8080"}
+    # node-exporter is in the host's network namespace, on the mesh network's gateway
+    # (the first address of the default meshSubnet 172.31.240.0/20).
+    target = {"node": "172.31.240.1:9100", "cadvisor": "monitoring-cadvisor:8080"}
     assert _job(config, job)["static_configs"] == [
         {"targets": [target[job]], "labels": {"host": "local"}}
     ]
 
 
-@pytest.mark.parametrize(("job", "port"), [("node", 9100), ("cadvisor", 8089)])
+@pytest.mark.parametrize(
+    ("job", "port"), [("node", 9100), ("cadvisor", 8089), ("wireguard", 9586)]
+)
 def test_host_exporters_once_per_host_multi_host(job: str, port: int) -> None:
     deployment = multi_host_deployment()
     assert len(deployment.hosts) == 3
@@ -114,6 +118,10 @@ def test_host_exporters_once_per_host_multi_host(job: str, port: int) -> None:
         {"targets": [f"10.0.{slot}.1:{port}"], "labels": {"host": code}}
         for slot, code in enumerate(PODS, start=1)
     ]
+
+
+def test_no_wireguard_job_on_a_single_host(config: dict[str, Any]) -> None:
+    assert "wireguard" not in {job["job_name"] for job in config["scrape_configs"]}
 
 
 def test_multi_host_pod_targets_use_wireguard_addresses() -> None:

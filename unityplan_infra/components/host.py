@@ -240,6 +240,19 @@ class Attachment:
     aliases: Sequence[str] = ()
 
 
+@dataclass(frozen=True)
+class Bind:
+    """A read-only bind mount of a host path; `propagation` as in `docker run --mount`."""
+
+    source: pulumi.Input[str]
+    target: str
+    propagation: str | None = None  # "rslave": mounts made on the host later show up too
+
+
+def _bind(spec: Bind | tuple[pulumi.Input[str], str]) -> Bind:
+    return spec if isinstance(spec, Bind) else Bind(*spec)
+
+
 def stack_networks(
     global_network: pulumi.Input[str], mesh_network: pulumi.Input[str] | None
 ) -> list[Attachment]:
@@ -263,11 +276,14 @@ def container(
     command_args: Sequence[str] | None = None,
     healthcheck: str | None = None,
     volumes: Sequence[tuple[docker.Volume, str]] = (),
-    binds: Sequence[tuple[pulumi.Input[str], str]] = (),
+    binds: Sequence[Bind | tuple[pulumi.Input[str], str]] = (),
     depends_on: Sequence[pulumi.Resource] = (),
     pid_mode: str | None = None,
     privileged: bool | None = None,
     resource_name: str | None = None,
+    network_mode: str | None = None,
+    capabilities: Sequence[str] = (),
+    user: str | None = None,
 ) -> docker.Container:
     """A long-running, named container with the program's standard settings.
 
@@ -280,8 +296,15 @@ def container(
     `grace_seconds` (topology/stop.py) is how long a stop waits before SIGKILL, whoever
     stops it: the provider on replace or destroy, `docker stop`, or the daemon at shutdown.
     Every input the provider reads back is written the way it reads it back (sorted ports,
-    Go durations), so an unchanged program shows no diff.
+    Go durations), so an unchanged program shows no diff: capabilities are stored as given
+    (`NET_ADMIN`; the daemon only validates them), bind options as given.
+
+    `network_mode="host"`: the container shares the host's network namespace; it publishes
+    no ports and joins no network (Docker refuses both), and listens where its command says.
     """
+    if network_mode == "host" and (bindings or networks):
+        raise ValueError(f"{name}: a host-network container publishes no ports, joins no network")
+    mounts = [_bind(spec) for spec in binds]
     return docker.Container(
         resource_name or name,
         name=name,
@@ -324,9 +347,24 @@ def container(
             for volume, path in volumes
         ],
         mounts=[
-            docker.ContainerMountArgs(type="bind", source=source, target=target, read_only=True)
-            for source, target in binds
+            docker.ContainerMountArgs(
+                type="bind",
+                source=mount.source,
+                target=mount.target,
+                read_only=True,
+                bind_options=(
+                    docker.ContainerMountBindOptionsArgs(propagation=mount.propagation)
+                    if mount.propagation
+                    else None
+                ),
+            )
+            for mount in mounts
         ],
+        network_mode=network_mode,
+        capabilities=(
+            docker.ContainerCapabilitiesArgs(adds=list(capabilities)) if capabilities else None
+        ),
+        user=user,
         opts=pulumi.ResourceOptions(
             parent=parent,
             provider=host.docker_provider,
@@ -389,20 +427,32 @@ class DockerHost(pulumi.ComponentResource):
 
 
 class HostExporters(pulumi.ComponentResource):
-    """node-exporter and cAdvisor: once per host, not once per pod (the guide's port clash)."""
+    """Exporters that run once per host, not once per pod (the guide's port clash).
+
+    - node-exporter, in the host's network and PID namespaces with the host's root mounted
+      the way upstream documents (`/:/host:ro,rslave`), so NICs, `wg0` and filesystems are
+      the host's. It listens on `HostPlan.host_network_address` only.
+    - cAdvisor, privileged with upstream's mounts, on the stack networks.
+    - multi-host: the WireGuard exporter, which needs the host's `wg0` (host network,
+      NET_ADMIN) and listens on the WireGuard address only.
+    """
 
     def __init__(
         self,
         host: HostAccess,
         *,
         networks: Sequence[Attachment] = (),
+        address_owners: Sequence[pulumi.Resource] = (),
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
+        """`address_owners`: what brings up the address the host-network exporters listen on
+        beyond `host.ready` (single host: the mesh network, whose gateway it is)."""
         super().__init__(
             "unityplan:infra:HostExporters", f"host-{host.plan.name}-exporters", None, opts
         )
         plan = host.plan
         images = plan.config.images
+        node_listen = plan.node_exporter_target()
         self.node_exporter = container(
             "monitoring-node-exporter",
             resource_name=f"{plan.name}-monitoring-node-exporter",
@@ -410,12 +460,12 @@ class HostExporters(pulumi.ComponentResource):
             image=images.node_exporter,
             parent=self,
             grace_seconds=stop_grace_seconds("exporter"),
-            bindings=plan.ports_of("monitoring-node-exporter"),
-            networks=networks,
-            command_args=["--path.rootfs=/host"],
-            healthcheck="wget -q -O /dev/null http://127.0.0.1:9100/metrics",
-            binds=[("/", "/host")],
+            network_mode="host",
+            command_args=["--path.rootfs=/host", f"--web.listen-address={node_listen}"],
+            healthcheck=f"wget -q -O /dev/null http://{node_listen}/metrics",
+            binds=[Bind("/", "/host", propagation="rslave")],
             pid_mode="host",
+            depends_on=address_owners,
         )
         self.cadvisor = container(
             "monitoring-cadvisor",
@@ -427,14 +477,41 @@ class HostExporters(pulumi.ComponentResource):
             bindings=plan.ports_of("monitoring-cadvisor"),
             networks=networks,
             healthcheck="wget -q -O /dev/null http://127.0.0.1:8080/healthz",
+            # Upstream's README list. /var/run carries containerd's socket, through which
+            # v0.54+ finds containers of Docker's containerd image store; /dev/kmsg (OOM
+            # events) comes with privileged.
             binds=[
                 ("/", "/rootfs"),
                 ("/var/run", "/var/run"),
                 ("/sys", "/sys"),
                 ("/var/lib/docker", "/var/lib/docker"),
+                ("/dev/disk", "/dev/disk"),
             ],
             privileged=True,
         )
-        self.register_outputs(
-            {"nodeExporter": self.node_exporter.name, "cadvisor": self.cadvisor.name}
-        )
+        outputs: dict[str, pulumi.Input[str]] = {
+            "nodeExporter": self.node_exporter.name,
+            "cadvisor": self.cadvisor.name,
+        }
+        self.wireguard_exporter: docker.Container | None = None
+        wireguard_target = plan.wireguard_exporter_target()
+        if wireguard_target is not None:
+            address, port = wireguard_target.rsplit(":", 1)
+            self.wireguard_exporter = container(
+                "monitoring-wireguard-exporter",
+                resource_name=f"{plan.name}-monitoring-wireguard-exporter",
+                host=host,
+                image=images.wireguard_exporter,
+                parent=self,
+                grace_seconds=stop_grace_seconds("exporter"),
+                network_mode="host",
+                capabilities=["NET_ADMIN"],
+                # `wg show` needs NET_ADMIN in the process itself: the image's own user
+                # would need sudo, and its default `-a` (prepend sudo) is broken upstream
+                # (issue #99). Root in the container, with one added capability.
+                user="root",
+                command_args=["-a", "false", "-l", address, "-p", port, "-i", "wg0"],
+                healthcheck=f"wget -q -O /dev/null http://{wireguard_target}/metrics",
+            )
+            outputs["wireguardExporter"] = self.wireguard_exporter.name
+        self.register_outputs(outputs)

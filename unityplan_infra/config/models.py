@@ -234,6 +234,8 @@ class HostPorts(Model):
     """Host ports of services that run once per host (exporters) or once per stack."""
 
     node_exporter: int = 9100
+    # prometheus_wireguard_exporter's default; multi-host only (on the WireGuard address).
+    wireguard_exporter: int = 9586
     cadvisor: int = 8089
     prometheus: int = 9090
     grafana: int = 3001
@@ -264,7 +266,12 @@ class Images(Model):
     redis_exporter: str = "oliver006/redis_exporter:v1.67.0-alpine"
     nats_exporter: str = "natsio/prometheus-nats-exporter:0.16.0"
     node_exporter: str = "quay.io/prometheus/node-exporter:v1.8.2"
-    cadvisor: str = "gcr.io/cadvisor/cadvisor:v0.49.2"
+    # From v0.53 on, images are on ghcr.io only; v0.54 reads containers of Docker's
+    # containerd image store (the default of fresh Docker 29 installs) over containerd's
+    # socket, which the /var/run mount carries.
+    cadvisor: str = "ghcr.io/google/cadvisor:v0.60.5"
+    # MindFlavor/prometheus_wireguard_exporter: the latest release (2022-11); see README.
+    wireguard_exporter: str = "mindflavor/prometheus-wireguard-exporter:3.6.6"
     prometheus: str = "prom/prometheus:v2.55.1"
     alertmanager: str = "prom/alertmanager:v0.28.1"
     # Internet-facing: pinned by digest too (the multi-arch index), so a re-pushed tag

@@ -168,8 +168,7 @@ INHIBITIONS: tuple[Inhibition, ...] = (
     ),
     Inhibition(
         "the host's node exporter is unreachable: its other targets are down for the same "
-        "reason (and in turn mute their pods' service alerts). Only targets with a `host` "
-        "label: cadvisor and wireguard; pod targets once TargetDown carries `host`",
+        "reason (and in turn mute their pods' service alerts)",
         TARGET_DOWN, (TARGET_DOWN,), ("host",),
         source_jobs=("node",), target_jobs=HOST_TARGET_JOBS,
     ),

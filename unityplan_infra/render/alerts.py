@@ -80,6 +80,9 @@ VALUE = "{{ $value }}"
 
 # --- thresholds ----------------------------------------------------------------------
 TARGET_DOWN_FOR = "3m"
+# Longer than TargetDown's: when a host goes down, the TargetDown of its NATS exporter
+# exists before the cluster counts as small, so it mutes this page (INHIBITIONS).
+NATS_CLUSTER_SMALL_FOR = "4m"
 POSTGRES_CONNECTIONS_RATIO = 0.8  # of max_connections (3 of them reserved for superusers)
 REDIS_MEMORY_RATIO = 0.9  # of maxmemory, when one is set
 # Without maxmemory: half the host's RAM. An AOF rewrite forks Redis; copy-on-write can
@@ -203,7 +206,7 @@ def _nats_group(deployment: Deployment) -> dict[str, Any]:
             ),
             _alert(
                 NATS_CLUSTER_SMALL, f"({agreeing} or vector(0)) < {pods}",
-                for_="2m", severity=CRITICAL,
+                for_=NATS_CLUSTER_SMALL_FOR, severity=CRITICAL,
                 summary=f"NATS cluster has {VALUE} of {pods} servers in JetStream quorum",
                 runbook=not_forming,
             ),

@@ -45,7 +45,8 @@ def prometheus_config(deployment: Deployment) -> dict[str, Any]:
                 [
                     {
                         "targets": [pod.exporter_target(kind)],
-                        "labels": {"pod": pod.pod.name, "territory": pod.code},
+                        # `host`: a host that is down mutes its pods' alerts (INHIBITIONS).
+                        "labels": {"pod": pod.pod.name, "territory": pod.code, "host": pod.host},
                     }
                     for pod in deployment.pods
                 ],
@@ -69,6 +70,13 @@ def prometheus_config(deployment: Deployment) -> dict[str, Any]:
             ],
         )
     )
+    wireguard = [
+        {"targets": [target], "labels": {"host": host.name}}
+        for host in deployment.hosts
+        if (target := host.wireguard_exporter_target()) is not None
+    ]
+    if wireguard:
+        jobs.append(_job("wireguard", wireguard))
     return {
         "global": {
             "scrape_interval": SCRAPE_INTERVAL,

@@ -46,6 +46,10 @@ class PortBinding:
     setting: str  # the config key that chose host_port, for error messages
     protocol: Protocol = "tcp"
     exposure: Exposure = "admin"
+    published: bool = True
+    """False for a service in the host's network namespace: it takes the host port itself
+    (`HostPlan.host_network_address`), so Docker publishes nothing, but no other service may
+    take that port either."""
 
 
 def vpn_network(slot: int) -> ipaddress.IPv4Network:
@@ -260,10 +264,27 @@ class HostPlan:
     def is_hcloud(self) -> bool:
         return isinstance(self.spec, HcloudHost)
 
-    def node_exporter_target(self) -> str:
+    @property
+    def host_network_address(self) -> str:
+        """Where the services in the host's own network namespace listen, and nowhere else.
+
+        Multi-host: the WireGuard address, so only peers reach them. Single host: the
+        gateway of `unityplan-mesh-network`, the host's address on the bridge that
+        Prometheus's container sits on (Docker gives a network without an explicit gateway
+        the first address of its subnet); never a LAN address.
+        """
         if self.multi_host:
-            return f"{self.vpn_address}:{self.config.host_ports.node_exporter}"
-        return "monitoring-node-exporter:9100"
+            return str(self.vpn_address)
+        return str(ipaddress.IPv4Network(self.config.mesh_subnet).network_address + 1)
+
+    def node_exporter_target(self) -> str:
+        return f"{self.host_network_address}:{self.config.host_ports.node_exporter}"
+
+    def wireguard_exporter_target(self) -> str | None:
+        """The WireGuard exporter's scrape address; None without WireGuard (single host)."""
+        if not self.multi_host:
+            return None
+        return f"{self.host_network_address}:{self.config.host_ports.wireguard_exporter}"
 
     def cadvisor_target(self) -> str:
         if self.multi_host:
@@ -277,17 +298,25 @@ class HostPlan:
             address_binds.extend(pod.bindings())
 
         def bind(
-            container: str, setting: str, port: int, exposure: Exposure = "admin"
+            container: str, setting: str, port: int, exposure: Exposure = "admin",
+            published: bool = True,
         ) -> PortBinding:
             return PortBinding(
                 container, getattr(ports, setting), port, f"hostPorts.{_camel(setting)}",
-                exposure=exposure,
+                exposure=exposure, published=published,
             )  # fmt: skip
 
         address_binds += [
-            bind("monitoring-node-exporter", "node_exporter", 9100, "peer"),
+            # In the host's network namespace: its metrics are the host's (NICs, wg0).
+            bind("monitoring-node-exporter", "node_exporter", ports.node_exporter, "peer",
+                 published=False),
             bind("monitoring-cadvisor", "cadvisor", 8080, "peer"),
-        ]
+        ]  # fmt: skip
+        if self.multi_host:
+            address_binds.append(
+                bind("monitoring-wireguard-exporter", "wireguard_exporter",
+                     ports.wireguard_exporter, "peer", published=False)
+            )  # fmt: skip
         if self.runs_monitoring and self.config.monitoring.enabled:
             address_binds += [
                 bind("monitoring-prometheus", "prometheus", 9090),
@@ -312,7 +341,12 @@ class HostPlan:
         return address_binds
 
     def ports_of(self, container: str) -> list[PortBinding]:
-        return [binding for binding in self.bindings() if binding.container == container]
+        """What Docker publishes for `container` (host-network services: nothing)."""
+        return [
+            binding
+            for binding in self.bindings()
+            if binding.container == container and binding.published
+        ]
 
     def monitoring_urls(self) -> dict[str, str]:
         """URLs of the monitoring stack, where this host runs it."""
