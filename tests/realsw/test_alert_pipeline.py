@@ -95,10 +95,10 @@ def test_postgres_down_mails_firing_then_resolved(bed: MonitoringBed) -> None:
         assert mail.record["rcpt_to"] == [DEV_RECIPIENT]
         assert mail.record["auth"] is None  # MailHog: no AUTH
         assert mail.message["To"] == DEV_RECIPIENT
-    # Grouped by alertname and territory (no host label on pod targets): the subject's
-    # group values, then the other common labels (pod, job, ...).
-    assert firing.subject.startswith(f"[FIRING:1] {ALERT} dk ("), firing.subject
-    assert resolved.subject.startswith(f"[RESOLVED] {ALERT} dk ("), resolved.subject
+    # Grouped by alertname, host and territory: the subject's group values, then the other
+    # common labels (pod, job, ...).
+    assert firing.subject.startswith(f"[FIRING:1] {ALERT} local dk ("), firing.subject
+    assert resolved.subject.startswith(f"[RESOLVED] {ALERT} local dk ("), resolved.subject
     assert "denmark" in firing.subject and "denmark" in firing.text()
     assert manager_alert["labels"]["territory"] == "dk"
     assert manager_alert["labels"]["cluster"] == "unityplan-central"  # external label

@@ -54,9 +54,10 @@ from urllib.parse import urlencode
 import pytest
 import yaml
 
-from tests.support.deployments import dev_deployment
-from tests.support.netns import Background, NetnsLab, wait_until
+from tests.support.deployments import deployment_of
+from tests.support.netns import DEFAULT_SUBNET, Background, NetnsLab, wait_until
 from tests.support.postgres import Cluster as PgCluster
+from tests.support.stackfile import stack_values
 from unityplan_infra.render.alertmanager import (
     AlertRouting,
     Timing,
@@ -432,7 +433,11 @@ class MonitoringBed:
     @classmethod
     def start(cls, workdir: Path) -> MonitoringBed:
         began = time.monotonic()
-        deployment = dev_deployment()
+        # The lab's subnet as mesh subnet (a user setting): the lab host's address is then
+        # the mesh gateway, where the program's node-exporter listens.
+        values = copy.deepcopy(stack_values("dev"))
+        values["unityplan-infra:meshSubnet"] = str(DEFAULT_SUBNET)
+        deployment = deployment_of(values)
         routing = replace(dev_routing(), timing=FAST)
         lab = NetnsLab([HOST], workdir=workdir / "lab")
         lab.start()
@@ -482,8 +487,8 @@ class MonitoringBed:
                                  f"-web.listen-address=:{port['redis']}",
                                  "-redis.addr=redis://127.0.0.1:6379"],
               env={"REDIS_PASSWORD": redis_password})  # fmt: skip
-        node_port = self.deployment.monitoring_host.node_exporter_target().rsplit(":", 1)[1]
-        spawn("node-exporter", ["prometheus-node-exporter", f"--web.listen-address=:{node_port}"])
+        node_listen = self.deployment.monitoring_host.node_exporter_target()
+        spawn("node-exporter", ["prometheus-node-exporter", f"--web.listen-address={node_listen}"])
         sink = spawn("sink", sink_argv(self.sink_dir, f"0.0.0.0:{smtp_port}"), env=sink_env())
         spawn("alertmanager", alertmanager_argv(alertmanager_yml, self.workdir / "am-data",
                                                 listen=f":{ALERTMANAGER.rsplit(':', 1)[1]}"))
