@@ -10,7 +10,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from unityplan_infra.config.errors import NAMESPACE, ConfigError, Problem
-from unityplan_infra.config.loader import load_stack_config, namespace_values
+from unityplan_infra.config.loader import (
+    BACKUP_SECRET_KEYS,
+    load_stack_config,
+    namespace_values,
+)
 from unityplan_infra.config.models import StackConfig
 from unityplan_infra.topology.plan import Deployment, plan_deployment
 
@@ -24,6 +28,14 @@ def load_deployment(all_config: Mapping[str, Any]) -> Deployment:
 
 def _check_secrets(config: StackConfig, all_config: Mapping[str, Any]) -> None:
     """Secret settings that other settings require (their values are never shown)."""
+    if config.backups.enabled:
+        missing = [key for key in BACKUP_SECRET_KEYS if not all_config.get(f"{NAMESPACE}:{key}")]
+        if missing:
+            raise ConfigError([Problem(
+                key, None, "backups are enabled but the S3 credentials are not set",
+                f"pulumi config set --secret {key} (the object storage's"
+                f" {'access key' if key.endswith('AccessKey') else 'secret key'})",
+            ) for key in missing])  # fmt: skip
     email = config.alerting.email if config.alerting else None
     if email is not None and email.username and not all_config.get(f"{NAMESPACE}:alertSmtpPassword"):
         raise ConfigError([Problem(

@@ -19,8 +19,9 @@ from unityplan_infra.config.models import StackConfig
 _HOST_KINDS = {"hcloud", "ssh"}
 # Secret settings read by the scripts, not by the program: scripts/setup.sh loads
 # sshPrivateKey into an ssh-agent, so no credential is ever an input of a resource.
-# alertSmtpPassword is read by the monitoring stack as a Pulumi secret.
-SECRET_KEYS = {"sshPrivateKey", "alertSmtpPassword"}
+# alertSmtpPassword and the backups' S3 keys are read by the components as Pulumi secrets.
+BACKUP_SECRET_KEYS = ("backupS3AccessKey", "backupS3SecretKey")
+SECRET_KEYS = {"sshPrivateKey", "alertSmtpPassword", *BACKUP_SECRET_KEYS}
 
 
 def namespace_values(all_config: Mapping[str, Any]) -> dict[str, Any]:

@@ -13,9 +13,10 @@ from typing import Annotated, Literal
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import load_ssh_public_key
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import Field, field_validator, model_validator
 
+from unityplan_infra.config.backups import Backups
+from unityplan_infra.config.base import Model
 from unityplan_infra.config.errors import NAMESPACE, ConfigIssue
 
 # Hetzner Cloud locations (2026). None is in Denmark, Norway or Sweden: hel1 is the only
@@ -58,14 +59,6 @@ def reserved_domain(name: str) -> bool:
 
 def public_dns_name(name: str) -> bool:
     return bool(DNS_NAME.fullmatch(name)) and not reserved_domain(name)
-
-
-class Model(BaseModel):
-    """Base for all config models: frozen, camelCase keys, unknown keys rejected."""
-
-    model_config = ConfigDict(
-        extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True
-    )
 
 
 class HcloudHost(Model):
@@ -482,6 +475,7 @@ class StackConfig(Model):
     web_domain: str | None = None
     acme: Acme | None = None
     alerting: Alerting | None = None
+    backups: Backups = Backups()
     # Who may open the web UIs through Traefik (multi-host). Default: hetzner.adminCidrs.
     web_allow_cidrs: list[str] | None = None
     # Subnet of unityplan-mesh-network (single-host); Synapse federates within it only.
