@@ -21,10 +21,18 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support.deployments import dev_deployment, nordic_deployment, with_pod
+from tests.support.deployments import (
+    backups_deployment,
+    dev_deployment,
+    nordic_deployment,
+    with_pod,
+)
 from tests.support.tools import run_checker
 from unityplan_infra.render.alerts import (
     ALERT_RULES_FILE,
+    BACKUP_FAILED,
+    BACKUP_NEVER_RAN,
+    BACKUP_TOO_OLD,
     HOST_DISK_FILLING_UP,
     HOST_MEMORY_LOW,
     JETSTREAM_REPLICA_LAGGING,
@@ -47,6 +55,7 @@ pytestmark = pytest.mark.timeout(60)
 
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 DEV, NORDIC = dev_deployment(), nordic_deployment()
+BACKED_UP = backups_deployment("dev")
 FOUR_PODS = with_pod("dev", {"code": "fi", "name": "finland", "slot": 4})
 GIB = 1024**3
 CONFIG = (
@@ -454,6 +463,59 @@ def cases() -> list[Case]:
             series("wireguard_latest_handshake_seconds", stale): "0x20",
         }, "10m"),
     ]  # fmt: skip
+
+    # --- backups (textfile metrics of the backup job, scraped with the host's node job) -----
+    bdk, bno, bse = BACKED_UP.pods
+
+    def backup(pod: PodPlan) -> dict[str, str]:
+        return {**host_target(BACKED_UP.hosts[0]), "pod": pod.pod.name, "territory": pod.code}
+
+    def ran(pod: PodPlan, minutes: int = 1700) -> dict[str, str]:
+        """A backup run reported every minute (its value: a Unix time)."""
+        return {series("unityplan_backup_last_run_timestamp_seconds", backup(pod)):
+                f"0+60x{minutes}"}  # fmt: skip
+
+    every_pod_ran = {**ran(bdk), **ran(bno), **ran(bse)}
+    def logs(code: str) -> str:
+        return f"docker logs service-backup-{code} | tail -50"
+
+    found += [
+        # Last success at t=0; at 27 h it is 27 h old (> 26 h).
+        Case("a-day-and-more", BACKUP_TOO_OLD, BACKED_UP, {
+            series("unityplan_backup_last_success_timestamp_seconds", backup(bno)): "0x1700",
+        }, "27h", quiet_at=("25h",), expected=[
+            alert(backup(bno), "critical",
+                  summary="pod norway (no): last successful backup 1d 3h 0m 0s ago",
+                  runbook=f"{logs('no')}; the S3 endpoint and credentials (backups.s3,"
+                  " backupS3AccessKey/backupS3SecretKey); README, Backups and restore"),
+        ]),
+        # Succeeding every hour: never more than an hour old.
+        Case("recent", BACKUP_TOO_OLD, BACKED_UP, {
+            series("unityplan_backup_last_success_timestamp_seconds", backup(bno)):
+            "0+3600x30",
+        }, "27h"),
+        Case("last-run-failed", BACKUP_FAILED, BACKED_UP, {
+            series("unityplan_backup_last_run_success", backup(bse)): "1 1 0 0",
+        }, "3m", quiet_at=("1m",), expected=[
+            alert(backup(bse), "warning",
+                  summary="pod sweden (se): the last backup run failed",
+                  runbook=f"{logs('se')} (each failure names the step and the fix); the next run"
+                  " retries on schedule"),
+        ]),
+        Case("runs-succeed", BACKUP_FAILED, BACKED_UP, {
+            series("unityplan_backup_last_run_success", backup(bse)): "1x10",
+        }, "10m"),
+        # dk and se report runs, no does not: after 26 h, no's absence pages.
+        Case("one-pod-silent", BACKUP_NEVER_RAN, BACKED_UP, {**ran(bdk), **ran(bse)},
+             "26h10m", quiet_at=("25h50m",), expected=[
+            alert({"territory": "no"}, "critical",
+                  summary="pod norway (no) has reported no backup run for 26h",
+                  runbook="docker logs service-backup-no | tail -50; is service-backup-no"
+                  " running (docker ps -a)? node-exporter reads its metrics from the"
+                  " backup-metrics volume"),
+        ]),
+        Case("all-report", BACKUP_NEVER_RAN, BACKED_UP, every_pod_ran, "27h"),
+    ]  # fmt: skip
     return found
 
 
@@ -533,7 +595,7 @@ def test_promtool_test_fails_on_a_wrong_expectation(tmp_path: Path) -> None:
 def test_every_alert_has_a_firing_and_a_silent_case() -> None:
     names = {
         rule["alert"]
-        for deployment in (DEV, NORDIC)
+        for deployment in (DEV, NORDIC, BACKED_UP)
         for group in alert_rules(deployment)["groups"]
         for rule in group["rules"]
         if "alert" in rule
@@ -571,3 +633,11 @@ def test_pod_host_series_keep_the_code_no_a_string() -> None:
         "territory": "no",
         "host": "no",
     }
+
+
+def test_backup_alerts_only_with_backups() -> None:
+    def groups(deployment: Deployment) -> set[str]:
+        return {group["name"] for group in alert_rules(deployment)["groups"]}
+
+    assert "unityplan-backups" not in groups(DEV) | groups(NORDIC)
+    assert "unityplan-backups" in groups(BACKED_UP)

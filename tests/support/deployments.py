@@ -49,3 +49,22 @@ def multi_host_deployment() -> Deployment:
         "unityplan-infra:webDomain": "ops.unityplan.org",
         "unityplan-infra:acme": {"email": "ops@unityplan.org"},
     })  # fmt: skip
+
+
+BACKUPS = {"enabled": True, "s3": {"endpoint": "https://fsn1.your-objectstorage.com",
+                                   "bucket": "unityplan-backups", "region": "fsn1"}}
+BACKUP_SECRETS = {"unityplan-infra:backupS3AccessKey": "test-access-key",
+                  "unityplan-infra:backupS3SecretKey": "test-secret-key"}
+
+
+def with_backups(stack: str) -> dict[str, Any]:
+    """A stack file's values with backups on (placeholder S3 target and keys)."""
+    values = copy.deepcopy(stack_values(stack))
+    values["unityplan-infra:backups"] = BACKUPS
+    values.update(BACKUP_SECRETS)
+    return values
+
+
+@cache
+def backups_deployment(stack: str = "dev") -> Deployment:
+    return deployment_of(with_backups(stack))

@@ -64,6 +64,9 @@ REDIS_MEMORY_HIGH_NO_LIMIT = "RedisMemoryHighNoLimit"
 HOST_DISK_FILLING_UP = "HostDiskFillingUp"
 HOST_MEMORY_LOW = "HostMemoryLow"
 WIREGUARD_PEER_NO_HANDSHAKE = "WireGuardPeerNoHandshake"
+BACKUP_TOO_OLD = "BackupTooOld"
+BACKUP_FAILED = "BackupFailed"
+BACKUP_NEVER_RAN = "BackupNeverRan"
 
 CRITICAL = "critical"
 WARNING = "warning"
@@ -92,6 +95,9 @@ HOST_MEMORY_AVAILABLE_RATIO = 0.1
 # A replica is lagging when it is still below where the most advanced replica was this
 # long ago (exporters are scraped at different moments, so "below the max now" is normal).
 REPLICA_LAG_WINDOW = "1m"
+# Backups run daily: one missed night (plus a slow run) is 26 h, not 24.
+BACKUP_MAX_AGE_SECONDS = 26 * 3600
+BACKUP_MAX_AGE_FOR = "26h"
 WIREGUARD_HANDSHAKE_SECONDS = 300  # handshakes renew every 2 min while keepalives flow
 # Filesystems that are not disks (node-exporter already drops overlay, squashfs, nsfs...).
 NOT_DISK_FSTYPES = "tmpfs|ramfs|devtmpfs|overlay|squashfs|nsfs|fuse.lxcfs"
@@ -368,6 +374,47 @@ def _wireguard_group(deployment: Deployment) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _backup_group(deployment: Deployment) -> dict[str, Any]:
+    """Backups (the backup job writes node-exporter textfile metrics, labelled per pod)."""
+    where = _on_pod_host(deployment)
+    logs = f"{where}docker logs service-backup-{CODE} | tail -50"
+    never = [
+        _alert(
+            BACKUP_NEVER_RAN,
+            f'absent(unityplan_backup_last_run_timestamp_seconds{{territory="{pod.code}"}})',
+            for_=BACKUP_MAX_AGE_FOR, severity=CRITICAL,
+            summary=f"pod {pod.pod.name} ({pod.code}) has reported no backup run for"
+            f" {BACKUP_MAX_AGE_FOR}",
+            runbook=f"{logs}; is service-backup-{pod.code} running (docker ps -a)? node-exporter"
+            " reads its metrics from the backup-metrics volume",
+        )
+        for pod in deployment.pods
+    ]
+    return {
+        "name": "unityplan-backups",
+        "rules": [
+            _alert(
+                BACKUP_TOO_OLD,
+                f"time() - unityplan_backup_last_success_timestamp_seconds > {BACKUP_MAX_AGE_SECONDS}",
+                for_=None, severity=CRITICAL,
+                summary="pod {{ $labels.pod }} ({{ $labels.territory }}): last successful backup"
+                " {{ $value | humanizeDuration }} ago",
+                runbook=f"{logs}; the S3 endpoint and credentials (backups.s3,"
+                " backupS3AccessKey/backupS3SecretKey); README, Backups and restore",
+            ),
+            _alert(
+                BACKUP_FAILED, "unityplan_backup_last_run_success == 0",
+                for_=None, severity=WARNING,
+                summary="pod {{ $labels.pod }} ({{ $labels.territory }}): the last backup run"
+                " failed",
+                runbook=f"{logs} (each failure names the step and the fix); the next run"
+                " retries on schedule",
+            ),
+            *never,
+        ],
+    }  # fmt: skip
+
+
 def alert_rules(deployment: Deployment) -> dict[str, Any]:
     """The rule file of `deployment` as a dict (YAML-serialisable)."""
     groups = [
@@ -380,6 +427,8 @@ def alert_rules(deployment: Deployment) -> dict[str, Any]:
     ]
     if deployment.config.layout == "multi-host":
         groups.append(_wireguard_group(deployment))
+    if deployment.config.backups.enabled:
+        groups.append(_backup_group(deployment))
     return {"groups": groups}
 
 
