@@ -16,6 +16,7 @@ import pulumi_command as command
 from unityplan_infra.components.devtools import DevTools
 from unityplan_infra.components.hetzner import HetznerHosts
 from unityplan_infra.components.host import Attachment, DockerHost, HostAccess, HostExporters
+from unityplan_infra.components.matrix_alerts import MatrixAlertRelay
 from unityplan_infra.components.mesh import MeshNetwork
 from unityplan_infra.components.monitoring import MonitoringStack
 from unityplan_infra.components.pod import DB_OWNER, PodStack
@@ -121,6 +122,15 @@ def deploy(deployment: Deployment, *, stack: str) -> dict[str, Any]:
             mesh_network=mesh_id,
         )
         urls |= monitoring.urls
+        matrix_alerts = config.alerting.matrix if config.alerting else None
+        if matrix_alerts is not None:
+            home = pods[config.monitoring_pod.code]
+            MatrixAlertRelay(
+                deployment, matrix_alerts, host=monitoring_host,
+                global_network=mesh.global_network.id, pod_network=home.network_id,
+                registration_secret=home.synapse_registration_secret,
+                homeserver_ready=home.containers["matrix"],
+            )  # fmt: skip
         outputs["grafanaAdminUser"] = "unityplan-admin"
         outputs["grafanaAdminPassword"] = monitoring.grafana_admin_password
     if config.dev_tools_enabled:

@@ -4,11 +4,13 @@ whose routing comes from stack config (dev: MailHog), with the SMTP password in 
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import pytest
 
 from tests.support.mocks import Graph, run_program, unwrap
+from tests.support.secret_values import is_secret
 from tests.support.stackfile import as_pulumi_config, stack_values, yaml12
 from unityplan_infra.config.errors import ConfigError
 from unityplan_infra.deployment import load_deployment
@@ -83,3 +85,57 @@ def test_without_routing_multi_host_warns_that_alerts_reach_nobody() -> None:
     assert any("alerts reach nobody" in w for w in deployment.config.warnings())
     dev = load_deployment(as_pulumi_config(stack_values("dev")))
     assert not any("alerts reach nobody" in w for w in dev.config.warnings())
+
+
+# --- Matrix: a room on the monitoring pod's homeserver ------------------------------------
+
+
+MATRIX = {"matrix": {"operators": ["@ops:dk.unityplan.local"]}}
+
+
+@pytest.mark.parametrize("stack", ["dev", "nordic"])
+def test_matrix_alerts_deploy_the_relay_and_route_to_it(stack: str) -> None:
+    alerting = {**MATRIX, **({} if stack == "dev" else {"email": EMAIL})}
+    # In dev a password is set without an email username: it goes unused, and no file.
+    graph = run_program(with_alerting(stack, alerting, "s3cret-smtp"), stack)
+    config = yaml12(file_written(graph, "alertmanager-config"))
+    (matrix,) = [r for r in config["receivers"] if r["name"] == "matrix"]
+    assert matrix["webhook_configs"] == [
+        {"url": "http://monitoring-matrix-relay:8080/alerts", "send_resolved": True}
+    ]
+    assert {"receiver": "matrix", "continue": True} in config["route"]["routes"]
+    relay = graph.containers()["monitoring-matrix-relay"]
+    inputs = unwrap(relay.inputs)
+    assert "MATRIX_RELAY_ROOM=#alerts:dk.unityplan.local" in inputs["envs"]
+    assert "MATRIX_RELAY_HOMESERVER=http://service-matrix-dk:8008" in inputs["envs"]
+    assert inputs["user"] == "65534:65534"
+    # Alertmanager's network (global) and the monitoring pod's own, where Synapse is.
+    networks = {n.inputs["name"]: n.id for n in graph.of_type("docker:index/network:Network")}
+    attached = {n["name"] for n in inputs["networksAdvanced"]}
+    assert attached == {networks["unityplan-global-net"], networks["pod-dk-net"]}
+    # The bootstrap gets the registration secret on stdin, as a secret, never in argv.
+    bootstrap = graph.named("matrix-relay-bootstrap")
+    spec = json.loads(str(unwrap(bootstrap.inputs["stdin"])))
+    assert spec["operators"] == ["@ops:dk.unityplan.local"]
+    assert spec["registration_shared_secret"] not in str(unwrap(bootstrap.inputs["create"]))
+    assert is_secret(bootstrap.inputs["stdin"])
+    assert bootstrap.urn in graph.ancestors(relay)
+    assert graph.containers()["service-matrix-dk"].urn in graph.ancestors(bootstrap)
+    secret_files = [r for r in graph.resources if r.name == "alertmanager-smtp-password"]
+    assert len(secret_files) == (0 if stack == "dev" else 1)
+
+
+def test_no_relay_without_matrix_alerts() -> None:
+    graph = run_program(as_pulumi_config(stack_values("dev")), "dev")
+    assert "monitoring-matrix-relay" not in graph.containers()
+    config = yaml12(file_written(graph, "alertmanager-config"))
+    assert "matrix" not in {r["name"] for r in config["receivers"]}
+
+
+@pytest.mark.parametrize(("matrix", "key"), [
+    ({"operators": ["ops@dk.unityplan.local"]}, "alerting.matrix.operators"),
+    ({"roomAlias": "#alerts"}, "alerting.matrix.roomAlias"),
+])  # fmt: skip
+def test_bad_matrix_settings_name_the_key(matrix: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_deployment(with_alerting("dev", {"matrix": matrix}, None))

@@ -17,6 +17,7 @@ from unityplan_infra.components.host import (
     stack_networks,
     volume,
 )
+from unityplan_infra.components.matrix_alerts import RELAY_URL
 from unityplan_infra.components.secrets import password
 from unityplan_infra.config.models import StackConfig
 from unityplan_infra.render.alertmanager import (
@@ -203,7 +204,9 @@ class MonitoringStack(pulumi.ComponentResource):
                 routing.apply(render_alertmanager_config), parent=self, reload=reload,
             )
         ]  # fmt: skip
-        if smtp_password is not None:
+        email = deployment.config.alerting.email if deployment.config.alerting else None
+        # Only a username makes Alertmanager authenticate; a password set without one is unused.
+        if smtp_password is not None and email is not None and email.username:
             files.append(
                 host.config_file(
                     "alertmanager-smtp-password",
@@ -250,4 +253,8 @@ def alert_routing(config: StackConfig, smtp_password: str | None) -> AlertRoutin
             username=settings.username, password=smtp_password if settings.username else None,
             require_tls=settings.require_tls,
         )  # fmt: skip
-    return AlertRouting(email=email, webhook_url=alerting.webhook_url)
+    return AlertRouting(
+        email=email,
+        webhook_url=alerting.webhook_url,
+        matrix_relay_url=RELAY_URL if alerting.matrix is not None else None,
+    )

@@ -60,6 +60,8 @@ class PodStack(pulumi.ComponentResource):
     """URLs of the pod's services on its host."""
     network_id: pulumi.Output[str]
     """The pod's own Docker network."""
+    synapse_registration_secret: pulumi.Output[str]
+    """Synapse's shared-secret registration key (the Matrix alert relay's bootstrap)."""
 
     def __init__(
         self,
@@ -290,9 +292,10 @@ class PodStack(pulumi.ComponentResource):
 
     def _synapse_files(self) -> Sequence[pulumi.Resource]:
         deployment, pod, host, code = self._deployment, self._pod, self._host, self._pod.code
+        self.synapse_registration_secret = password(f"{code}-synapse-registration-secret", self)
         secrets = pulumi.Output.all(
             self.postgres_password,
-            password(f"{code}-synapse-registration-secret", self),
+            self.synapse_registration_secret,
             password(f"{code}-synapse-macaroon-secret", self),
             password(f"{code}-synapse-form-secret", self),
         ).apply(lambda values: SynapseSecrets(DB_OWNER, *values))

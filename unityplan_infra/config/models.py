@@ -281,6 +281,8 @@ class Images(Model):
     adminer: str = "adminer:4.8.1-standalone"
     mailhog: str = "mailhog/mailhog:v1.0.1"
     redis_commander: str = "ghcr.io/joeferner/redis-commander:0.9.0"
+    # Copied into the backup job's image (render/backup_image.py).
+    restic: str = "restic/restic:0.19.1"
     # Runs the program's own JetStream stream code (nats-py) beside the cluster.
     stream_job: str = "python:3.12.8-slim-bookworm"
 
@@ -358,11 +360,43 @@ class EmailAlerts(Model):
         return self
 
 
+MATRIX_USER_ID = re.compile(r"^@[a-z0-9._=/+-]+:[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
+
+
+class MatrixAlerts(Model):
+    """Alerts in a room on the monitoring pod's own homeserver, posted by a bot.
+
+    The program registers the bot, creates the room `#<roomAlias>:<server>` and invites
+    `operators` (Matrix IDs); the relay turns Alertmanager's webhook into messages.
+    """
+
+    operators: list[str] = Field(default_factory=list)
+    room_alias: str = "alerts"
+
+    @field_validator("operators")
+    @classmethod
+    def _matrix_ids(cls, value: list[str]) -> list[str]:
+        wrong = [user for user in value if not MATRIX_USER_ID.fullmatch(user)]
+        if wrong:
+            raise ConfigIssue(
+                f"not Matrix user IDs: {', '.join(wrong)}", "write them like @alice:dk.unityplan.org"
+            )
+        return value
+
+    @field_validator("room_alias")
+    @classmethod
+    def _alias(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z0-9._=-]{1,64}", value):
+            raise ConfigIssue("not a room alias localpart", "e.g. alerts (the room is #alerts:<server>)")
+        return value
+
+
 class Alerting(Model):
     """Where Alertmanager sends alerts. Default: MailHog when dev tools run, else nowhere."""
 
     email: EmailAlerts | None = None
     webhook_url: str | None = None
+    matrix: MatrixAlerts | None = None
 
 
 class Acme(Model):

@@ -69,6 +69,7 @@ GROUP_BY = ("alertname", "territory", "host")
 # Receiver names: also what `amtool config routes test` prints.
 EMAIL = "email"
 WEBHOOK = "webhook"
+MATRIX = "matrix"  # the Matrix alert relay, a webhook
 UNROUTED = "unrouted"  # the root's receiver: no integration, catches nothing routed
 # Where the container sees the files of `alertmanager_secret_files`.
 DEFAULT_SECRETS_DIR = "/etc/alertmanager/secrets"
@@ -238,21 +239,23 @@ class AlertRouting:
 
     email: EmailReceiver | None = None
     webhook_url: str | None = None
+    matrix_relay_url: str | None = None
+    """The Matrix alert relay's webhook (alerting/matrix_relay.py), when it runs."""
     timing: Timing = Timing()
     inhibitions: tuple[Inhibition, ...] = INHIBITIONS
 
     def __post_init__(self) -> None:
-        if self.webhook_url is not None:
-            parts = urlsplit(self.webhook_url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError(f"webhook URL {self.webhook_url!r} is not an http(s) URL")
+        for url in (self.webhook_url, self.matrix_relay_url):
+            parts = urlsplit(url or "")
+            if url is not None and (parts.scheme not in ("http", "https") or not parts.hostname):
+                raise ValueError(f"webhook URL {url!r} is not an http(s) URL")
 
     @property
     def receivers(self) -> tuple[str, ...]:
         """Names of the configured channels, in routing order."""
-        return tuple(
-            name for name, on in ((EMAIL, self.email), (WEBHOOK, self.webhook_url)) if on
-        )
+        channels = ((EMAIL, self.email), (WEBHOOK, self.webhook_url),
+                    (MATRIX, self.matrix_relay_url))  # fmt: skip
+        return tuple(name for name, on in channels if on)
 
 
 def dev_routing(
@@ -305,11 +308,11 @@ def alertmanager_config(
     receivers: list[dict[str, Any]] = [{"name": UNROUTED}]
     if routing.email is not None:
         receivers.append({"name": EMAIL, "email_configs": [_email(routing.email, secrets_dir)]})
-    if routing.webhook_url is not None:
-        receivers.append(
-            {"name": WEBHOOK,
-             "webhook_configs": [{"url": routing.webhook_url, "send_resolved": True}]}
-        )  # fmt: skip
+    for name, url in ((WEBHOOK, routing.webhook_url), (MATRIX, routing.matrix_relay_url)):
+        if url is not None:
+            receivers.append(
+                {"name": name, "webhook_configs": [{"url": url, "send_resolved": True}]}
+            )
     timing = routing.timing
     return {
         "route": {
