@@ -9,6 +9,9 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from unityplan_infra.render.backup_spec import SIGNING_KEY_KIND
+from unityplan_infra.restore.command import restore
+from unityplan_infra.restore.plan import DEFAULT_KINDS
 from unityplan_infra.verify.checks import SERVICES, all_checks
 from unityplan_infra.verify.model import Context
 from unityplan_infra.verify.outputs import OutputsError, StackOutputs, load_outputs
@@ -52,6 +55,22 @@ def parser() -> argparse.ArgumentParser:
                         help="multi-host: ssh config file for the forwards (ssh -F)")
     verify.add_argument("--direct", action="store_true",
                         help="multi-host: connect directly (this machine is on the VPN)")
+    verify.add_argument("--pod", default=None,
+                        help="check this pod only (and what the whole stack shares)")
+    restore = commands.add_parser(
+        "restore", help="restore a pod's data from its backups, then verify it"
+                        " (exit 0 restored and healthy, 1 failed, 2 usage, 3 refused)")
+    restore.add_argument("--outputs", type=Path, required=True,
+                         help="file of `pulumi stack output --json --show-secrets`")
+    restore.add_argument("--pod", required=True, help="territory code of the pod, e.g. dk")
+    restore.add_argument("--snapshot", default="latest", help="restic snapshot ID (default: latest)")
+    restore.add_argument("--what", default=None,
+                         help=f"comma-separated kinds (default: {','.join(DEFAULT_KINDS)};"
+                              f" also: {SIGNING_KEY_KIND})")
+    restore.add_argument("--force", action="store_true", help="overwrite data that is there")
+    restore.add_argument("--ssh-config", type=Path, default=None, help=argparse.SUPPRESS)
+    restore.add_argument("--direct", action="store_true", help=argparse.SUPPRESS)
+    restore.add_argument("--timeout", type=float, default=5.0, help=argparse.SUPPRESS)
     return root  # fmt: skip
 
 
@@ -71,7 +90,11 @@ def verify(args: argparse.Namespace) -> int:
         services = [name for name in args.only if name not in args.skip]
         with _reach(outputs, args) as forwards:
             context = Context(outputs, args.timeout, forwards)
-            findings = run_checks(all_checks(context, services), DEADLINE_TIMEOUTS * args.timeout)
+            checks = all_checks(context, services)
+            if args.pod is not None:
+                # A pod's own checks are scoped by its code; the rest are stack-wide.
+                checks = [c for c in checks if c.scope == args.pod or c.scope not in outputs.pods]
+            findings = run_checks(checks, DEADLINE_TIMEOUTS * args.timeout)
     except (OutputsError, TunnelError) as error:
         print(f"verify: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -88,4 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "verify":
         return verify(args)
+    if args.command == "restore":
+        args.json, args.only, args.skip = False, list(SERVICES), []
+        return restore(args, verify)
     return EXIT_USAGE  # unreachable: argparse requires a known command

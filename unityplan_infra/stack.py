@@ -13,17 +13,18 @@ from typing import Any
 import pulumi
 import pulumi_command as command
 
+from unityplan_infra.components.backups import PodBackups
 from unityplan_infra.components.devtools import DevTools
 from unityplan_infra.components.hetzner import HetznerHosts
 from unityplan_infra.components.host import Attachment, DockerHost, HostAccess, HostExporters
 from unityplan_infra.components.matrix_alerts import MatrixAlertRelay
 from unityplan_infra.components.mesh import MeshNetwork
 from unityplan_infra.components.monitoring import MonitoringStack
-from unityplan_infra.components.pod import DB_OWNER, PodStack
+from unityplan_infra.components.pod import PodStack
 from unityplan_infra.components.streams import NatsStreams
 from unityplan_infra.components.swarm import IpfsSwarm
 from unityplan_infra.render.nats import CLIENT_USER, CLUSTER_NAME
-from unityplan_infra.render.postgres import SYNAPSE_DATABASE
+from unityplan_infra.render.postgres import DB_OWNER, SYNAPSE_DATABASE
 from unityplan_infra.render.ssh import pinned_host_key_options
 from unityplan_infra.topology.plan import Deployment
 
@@ -88,8 +89,10 @@ def deploy(deployment: Deployment, *, stack: str) -> dict[str, Any]:
     else:
         hosts, mesh, outputs = _multi_host(deployment)
         networks, address_owners = [], []
-    for host in hosts.values():
-        HostExporters(host, networks=networks, address_owners=address_owners)
+    exporters = {
+        name: HostExporters(host, networks=networks, address_owners=address_owners)
+        for name, host in hosts.items()
+    }
 
     mesh_id = mesh.mesh_network.id if mesh.mesh_network else None
     pods = {
@@ -98,6 +101,8 @@ def deploy(deployment: Deployment, *, stack: str) -> dict[str, Any]:
         )
         for pod in deployment.pods
     }
+    if deployment.config.backups.enabled:
+        outputs["backupRepositoryPasswords"] = _backups(deployment, pods, hosts, exporters, mesh)
     swarm = IpfsSwarm(deployment, pods=pods, hosts=hosts)
     first = deployment.pods[0]
     streams = NatsStreams(
@@ -218,3 +223,28 @@ def _multi_host(
         for name, docker_host in docker_hosts.items()
     }
     return hosts, mesh, servers.outputs(mesh)
+
+
+def _backups(
+    deployment: Deployment,
+    pods: dict[str, PodStack],
+    hosts: dict[str, HostAccess],
+    exporters: dict[str, HostExporters],
+    mesh: MeshNetwork,
+) -> pulumi.Output[dict[str, str]]:
+    """Every pod's backup job; returns the restic repository passwords (secret)."""
+    settings = pulumi.Config()
+    s3 = {"s3-access-key": settings.require_secret("backupS3AccessKey"),
+          "s3-secret-key": settings.require_secret("backupS3SecretKey")}  # fmt: skip
+    passwords: dict[str, pulumi.Input[str]] = {}
+    for plan in deployment.pods:
+        pod = pods[plan.code]
+        backups = PodBackups(
+            deployment, plan, host=hosts[plan.host], pod_network=pod.network_id,
+            secrets={**s3, "postgres-password": pod.postgres_password,
+                     "redis-password": pod.redis_password,
+                     "nats-password": mesh.secrets.nats_client_password},
+            volumes=pod.volumes, textfile_volume=exporters[plan.host].textfile_volume,
+        )  # fmt: skip
+        passwords[plan.code] = backups.restic_password
+    return pulumi.Output.secret(pulumi.Output.all(**passwords))

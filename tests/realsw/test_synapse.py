@@ -64,9 +64,8 @@ from tests.support.mocks import Graph, run_program
 from tests.support.netns import DEFAULT_SUBNET, Background, NetnsLab, wait_until
 from tests.support.postgres import Cluster, sql_identifier
 from tests.support.stackfile import as_pulumi_config, stack_values
-from unityplan_infra.components.pod import DB_OWNER
 from unityplan_infra.crypto.keys import synapse_key_id, synapse_signing_key, synapse_verify_key
-from unityplan_infra.render.postgres import SYNAPSE_DATABASE, postgres_init_sql
+from unityplan_infra.render.postgres import DB_OWNER, SYNAPSE_DATABASE, postgres_init_sql
 from unityplan_infra.render.synapse import (
     CONFIG_DIR,
     DATA_DIR,

@@ -213,8 +213,13 @@ class HostAccess:
             depends_on=depends_on,
         )
 
-    def image(self, reference: str) -> docker.RemoteImage:
-        """The pulled image `reference` on this host (one resource per host and image)."""
+    def image(
+        self, reference: str, built_by: pulumi.Resource | None = None
+    ) -> docker.RemoteImage:
+        """The pulled image `reference` on this host (one resource per host and image).
+
+        `built_by`: the command that builds `reference` on the host; the provider then finds
+        it locally and pulls nothing."""
         if reference not in self.images:
             self.images[reference] = docker.RemoteImage(
                 # Named by repository and tag; a digest pin is in `name`, not in the URN.
@@ -225,7 +230,7 @@ class HostAccess:
                 opts=pulumi.ResourceOptions(
                     parent=self.image_parent,
                     provider=self.docker_provider,
-                    depends_on=list(self.ready),
+                    depends_on=[*self.ready, *([built_by] if built_by else [])],
                 ),
             )
         return self.images[reference]
@@ -242,11 +247,13 @@ class Attachment:
 
 @dataclass(frozen=True)
 class Bind:
-    """A read-only bind mount of a host path; `propagation` as in `docker run --mount`."""
+    """A bind mount of a host path, read-only unless `writable`; `propagation` as in
+    `docker run --mount`."""
 
     source: pulumi.Input[str]
     target: str
     propagation: str | None = None  # "rslave": mounts made on the host later show up too
+    writable: bool = False
 
 
 def _bind(spec: Bind | tuple[pulumi.Input[str], str]) -> Bind:
@@ -351,7 +358,7 @@ def container(
                 type="bind",
                 source=mount.source,
                 target=mount.target,
-                read_only=True,
+                read_only=not mount.writable,
                 bind_options=(
                     docker.ContainerMountBindOptionsArgs(propagation=mount.propagation)
                     if mount.propagation
@@ -379,10 +386,15 @@ def container(
     )
 
 
-def volume(name: str, *, host: HostAccess, parent: pulumi.Resource) -> docker.Volume:
-    """A named volume that outlives its containers and `pulumi destroy`."""
+def volume(
+    name: str, *, host: HostAccess, parent: pulumi.Resource, resource_name: str | None = None
+) -> docker.Volume:
+    """A named volume that outlives its containers and `pulumi destroy`.
+
+    `resource_name` (default: the volume name) must be unique in the stack: a volume that
+    exists once per host shares its name across hosts, not its resource name."""
     return docker.Volume(
-        name,
+        resource_name or name,
         name=name,
         opts=pulumi.ResourceOptions(
             parent=parent, provider=host.docker_provider, retain_on_delete=True, protect=False
@@ -426,6 +438,10 @@ class DockerHost(pulumi.ComponentResource):
         self.register_outputs({"dockerHost": docker_host})
 
 
+TEXTFILE_VOLUME = "unityplan-node-textfile"
+TEXTFILE_DIR = "/textfile"
+
+
 class HostExporters(pulumi.ComponentResource):
     """Exporters that run once per host, not once per pod (the guide's port clash).
 
@@ -453,6 +469,11 @@ class HostExporters(pulumi.ComponentResource):
         plan = host.plan
         images = plan.config.images
         node_listen = plan.node_exporter_target()
+        # Metrics that jobs write as files (the backup job's): node-exporter's textfile
+        # collector reads them. Always mounted, so turning backups on replaces nothing.
+        self.textfile_volume = volume(
+            TEXTFILE_VOLUME, host=host, parent=self, resource_name=f"{plan.name}-{TEXTFILE_VOLUME}"
+        )
         self.node_exporter = container(
             "monitoring-node-exporter",
             resource_name=f"{plan.name}-monitoring-node-exporter",
@@ -461,9 +482,11 @@ class HostExporters(pulumi.ComponentResource):
             parent=self,
             grace_seconds=stop_grace_seconds("exporter"),
             network_mode="host",
-            command_args=["--path.rootfs=/host", f"--web.listen-address={node_listen}"],
+            command_args=["--path.rootfs=/host", f"--web.listen-address={node_listen}",
+                          f"--collector.textfile.directory={TEXTFILE_DIR}"],
             healthcheck=f"wget -q -O /dev/null http://{node_listen}/metrics",
             binds=[Bind("/", "/host", propagation="rslave")],
+            volumes=[(self.textfile_volume, TEXTFILE_DIR)],
             pid_mode="host",
             depends_on=address_owners,
         )

@@ -29,7 +29,7 @@ from unityplan_infra.crypto.keys import ipfs_swarm_key, synapse_signing_key
 from unityplan_infra.render import ipfs as ipfs_render
 from unityplan_infra.render import redis as redis_render
 from unityplan_infra.render.nats import render_nats_config
-from unityplan_infra.render.postgres import postgres_init_sql
+from unityplan_infra.render.postgres import DB_OWNER, postgres_init_sql
 from unityplan_infra.render.synapse import (
     SIGNING_KEY_FILE,
     TLS_CERT_FILE,
@@ -41,7 +41,6 @@ from unityplan_infra.render.synapse import (
 from unityplan_infra.topology.plan import Deployment, PodPlan
 from unityplan_infra.topology.stop import stop_grace_seconds
 
-DB_OWNER = "unityplan"
 # The users the images run their service as (uid:gid), who alone may read its secrets:
 # Synapse drops to 991:991, kubo to ipfs (1000, group users), nats-server stays root.
 SYNAPSE_USER = "991:991"
@@ -54,6 +53,8 @@ class PodStack(pulumi.ComponentResource):
 
     containers: dict[str, docker.Container]
     """Containers by kind: postgres, redis, nats, ipfs, matrix, *-exporter."""
+    volumes: dict[str, docker.Volume]
+    """Data volumes by kind: postgres, redis, nats, ipfs, matrix."""
     postgres_password: pulumi.Output[str]
     redis_password: pulumi.Output[str]
     endpoints: dict[str, str]
@@ -104,6 +105,7 @@ class PodStack(pulumi.ComponentResource):
         self.postgres_password = password(f"{code}-postgres-password", self)
         self.redis_password = password(f"{code}-redis-password", self)
         self.containers = {}
+        self.volumes = {}
 
         # --- PostgreSQL -----------------------------------------------------------
         init_sql = postgres_init_sql(pod, DB_OWNER)
@@ -130,8 +132,7 @@ class PodStack(pulumi.ComponentResource):
                 ),
                 # Over TCP: the initdb phase's temporary server listens on the socket only.
                 healthcheck=f"pg_isready -h 127.0.0.1 -U {DB_OWNER} -d postgres",
-                volumes=[(volume(pod.volume("postgres"), host=host, parent=self),
-                          "/var/lib/postgresql/data")],
+                volumes=[(self._volume("postgres"), "/var/lib/postgresql/data")],
                 binds=[(host.path(f"pods/{code}/postgres-init"), "/docker-entrypoint-initdb.d")],
                 depends_on=[init_file],
             ),
@@ -164,7 +165,7 @@ class PodStack(pulumi.ComponentResource):
                 envs=self.redis_password.apply(lambda secret: [f"REDIS_PASSWORD={secret}"]),
                 command_args=redis_render.COMMAND,
                 healthcheck=redis_render.HEALTHCHECK,
-                volumes=[(volume(pod.volume("redis"), host=host, parent=self), "/data")],
+                volumes=[(self._volume("redis"), "/data")],
             ),
         )  # fmt: skip
 
@@ -194,7 +195,7 @@ class PodStack(pulumi.ComponentResource):
                     f"wget -q -O /dev/null "
                     f"'http://127.0.0.1:{monitor_port}/healthz?js-enabled-only=true'"
                 ),
-                volumes=[(volume(pod.volume("nats"), host=host, parent=self), "/data")],
+                volumes=[(self._volume("nats"), "/data")],
                 binds=[(host.path(f"pods/{code}/nats"), "/config")],
                 depends_on=[nats_file],
             ),
@@ -226,7 +227,7 @@ class PodStack(pulumi.ComponentResource):
                     # lives on private ones (Docker network, WireGuard).
                 ],
                 healthcheck="ipfs --api=/ip4/127.0.0.1/tcp/5001 id >/dev/null",
-                volumes=[(volume(pod.volume("ipfs"), host=host, parent=self), "/data/ipfs")],
+                volumes=[(self._volume("ipfs"), "/data/ipfs")],
                 binds=[
                     (host.path(f"pods/{code}/ipfs"), ipfs_render.MOUNT),
                     (host.path(f"pods/{code}/ipfs-init"), "/container-init.d"),
@@ -237,7 +238,7 @@ class PodStack(pulumi.ComponentResource):
 
         # --- Matrix Synapse ----------------------------------------------------------
         matrix_files = self._synapse_files()
-        matrix_volume = volume(pod.volume("matrix"), host=host, parent=self)
+        matrix_volume = self._volume("matrix")
         # The image runs Synapse as 991:991 and chowns /data only in `generate` mode; a new
         # named volume is root's, so hand it over once before the first start.
         matrix_owner = host.run(
@@ -285,6 +286,10 @@ class PodStack(pulumi.ComponentResource):
                 "redisPassword": self.redis_password,
             }
         )
+
+    def _volume(self, kind: str) -> docker.Volume:
+        self.volumes[kind] = volume(self._pod.volume(kind), host=self._host, parent=self)
+        return self.volumes[kind]
 
     def _add(self, kind: str, created: docker.Container) -> docker.Container:
         self.containers[kind] = created

@@ -20,6 +20,8 @@ from __future__ import annotations
 from unityplan_infra.topology.plan import PodPlan
 
 SYNAPSE_DATABASE = "synapse"
+# The pod's PostgreSQL superuser (POSTGRES_USER) and owner of its databases.
+DB_OWNER = "unityplan"
 
 
 def _literal(value: str) -> str:

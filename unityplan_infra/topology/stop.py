@@ -28,6 +28,8 @@ STOP_GRACE_SECONDS: Final[dict[str, int]] = {
     "alertmanager": 30,  # flushes its notification log and silences to its volume
     "jaeger": 30,
     "traefik": 30,
+    # A run stopped midway is retried on schedule; its stale restic lock goes at the next run.
+    "backup": 30,
 }
 """Grace period by service kind; a kind not listed gets STATELESS_GRACE_SECONDS."""
 

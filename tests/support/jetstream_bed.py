@@ -1,0 +1,256 @@
+"""A 3-node JetStream cluster on loopback, from the program's own NATS configs.
+
+Why: the backup code is a nats-py client that runs in the test process itself (asyncio), so
+the servers must be reachable from the root namespace. Each server runs the dev stack's
+rendered config (`render/nats.py`: server name `service-nats-<code>`, territory tags,
+users, `sync_interval: always`, ping settings, cluster name and route credentials)
+with only the network bits rebound: every listener on 127.0.0.1 and a free port, routes and
+advertise addresses pointing there instead of the Docker names. The streams come from the
+program's stream definitions, created by the program's own stream job code.
+
+    with JetStreamBed(workdir) as bed:
+        nc = await nats.connect(bed.url("dk"), user=bed.user, password=bed.password)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import nats
+from nats.aio.client import Client
+
+from tests.support.deployments import dev_deployment
+from unityplan_infra.nats.apply_streams import ensure_streams
+from unityplan_infra.nats.streams import stream_configs
+from unityplan_infra.render.nats import CLIENT_USER, nats_config
+from unityplan_infra.topology.plan import Deployment
+
+LOOPBACK = "127.0.0.1"
+STOP_GRACE = 5.0
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports nobody listens on right now (held open together, so they are distinct)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind((LOOPBACK, 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+@dataclass
+class BedServer:
+    code: str
+    name: str  # server_name as the program renders it
+    client_port: int
+    cluster_port: int
+    monitor_port: int
+    directory: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://{LOOPBACK}:{self.client_port}"
+
+    @property
+    def store_dir(self) -> Path:
+        return self.directory / "jetstream"
+
+    @property
+    def config_file(self) -> Path:
+        return self.directory / "nats.json"
+
+    @property
+    def log_file(self) -> Path:
+        return self.directory / "nats.log"
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+class JetStreamBed:
+    """The dev stack's NATS servers on loopback; see the module doc."""
+
+    def __init__(self, workdir: Path, deployment: Deployment | None = None) -> None:
+        self.workdir = workdir
+        self.deployment = deployment or dev_deployment()
+        self.user = CLIENT_USER
+        self.password = f"client-{uuid.uuid4().hex}"
+        self.route_password = f"route-{uuid.uuid4().hex}"
+        ports = free_ports(3 * len(self.deployment.pods))
+        self.servers: dict[str, BedServer] = {}
+        for index, pod in enumerate(self.deployment.pods):
+            client, cluster, monitor = ports[3 * index : 3 * index + 3]
+            directory = workdir / f"nats-{pod.code}"
+            directory.mkdir(parents=True, exist_ok=True)
+            self.servers[pod.code] = BedServer(
+                pod.code, pod.nats_server_name, client, cluster, monitor, directory
+            )
+        for pod in self.deployment.pods:
+            self._write_config(pod.code)
+
+    # --- lifecycle -----------------------------------------------------------------------
+    def __enter__(self) -> Self:
+        try:
+            for code in self.servers:
+                self.start_server(code)
+            self.wait_formed(timeout=30)
+            self.apply_program_streams()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for code in self.servers:
+            self.stop_server(code)
+
+    def _write_config(self, code: str) -> None:
+        server = self.servers[code]
+        pod = self.deployment.pod(code)
+        config: dict[str, Any] = nats_config(
+            self.deployment, pod, route_password=self.route_password,
+            client_password=self.password, store_dir=str(server.store_dir),
+        )  # fmt: skip
+        # The only changes: loopback listeners on free ports instead of Docker names.
+        config["host"] = LOOPBACK
+        config["port"] = server.client_port
+        config["http"] = f"{LOOPBACK}:{server.monitor_port}"
+        config.pop("http_port", None)
+        config["client_advertise"] = f"{LOOPBACK}:{server.client_port}"
+        cluster = config["cluster"]
+        cluster["host"] = LOOPBACK
+        cluster["port"] = server.cluster_port
+        cluster["advertise"] = f"{LOOPBACK}:{server.cluster_port}"
+        user = cluster["authorization"]["user"]
+        cluster["routes"] = [
+            f"nats://{user}:{self.route_password}@{LOOPBACK}:{peer.cluster_port}"
+            for peer in self.servers.values()
+            if peer.code != code
+        ]
+        server.config_file.write_text(json.dumps(config, indent=2))
+
+    def start_server(self, code: str) -> None:
+        server = self.servers[code]
+        if server.running():
+            return
+        log = server.log_file.open("ab")
+        try:
+            server.process = subprocess.Popen(
+                ["nats-server", "-c", str(server.config_file)],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        finally:
+            log.close()
+
+    def stop_server(self, code: str) -> None:
+        """SIGTERM (clean shutdown: the peers learn it went offline), SIGKILL after a grace."""
+        process = self.servers[code].process
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(STOP_GRACE)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(STOP_GRACE)
+
+    def wipe_store(self, code: str) -> None:
+        """Lose the server's whole JetStream store, as with a lost data volume."""
+        if self.servers[code].running():
+            raise RuntimeError(f"stop {code} before wiping its store")
+        shutil.rmtree(self.servers[code].store_dir, ignore_errors=True)
+
+    # --- observation ---------------------------------------------------------------------
+    def url(self, code: str) -> str:
+        return self.servers[code].url
+
+    def server_name(self, code: str) -> str:
+        return self.servers[code].name
+
+    def monitor(self, code: str, path: str) -> dict[str, Any]:
+        url = f"http://{LOOPBACK}:{self.servers[code].monitor_port}/{path}"
+        with urllib.request.urlopen(url, timeout=2) as response:
+            data: dict[str, Any] = json.loads(response.read())
+        return data
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"=== {code}\n{server.log_file.read_text(errors='replace')[-4000:]}"
+            for code, server in self.servers.items()
+            if server.log_file.exists()
+        )
+
+    def formed(self) -> bool:
+        """Every server is up and sees the same meta leader and a meta group of all servers;
+        the leader (the only one that lists them) sees every other member current."""
+        metas: dict[str, dict[str, Any]] = {}
+        for code in self.servers:
+            try:
+                metas[self.servers[code].name] = self.monitor(code, "jsz").get("meta_cluster", {})
+            except OSError:
+                return False
+        leaders = {meta.get("leader") for meta in metas.values()}
+        sizes = {meta.get("cluster_size") for meta in metas.values()}
+        if len(leaders) != 1 or sizes != {len(self.servers)}:
+            return False
+        leader = metas.get(str(next(iter(leaders))))
+        if leader is None:
+            return False
+        replicas = leader.get("replicas") or []
+        return len(replicas) == len(self.servers) - 1 and all(
+            peer.get("current") and not peer.get("offline") for peer in replicas
+        )
+
+    def wait_formed(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.formed():
+            for code, server in self.servers.items():
+                if server.process is not None and server.process.poll() is not None:
+                    raise RuntimeError(f"nats-server {code} exited:\n{self.logs()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"cluster not formed in {timeout}s:\n{self.logs()}")
+            time.sleep(0.1)
+
+    # --- streams -------------------------------------------------------------------------
+    async def connect(self, code: str) -> Client:
+        # Bounded: nats-py retries a refused connect forever with max_reconnect_attempts=0.
+        connecting = nats.connect(
+            self.url(code), user=self.user, password=self.password, connect_timeout=3,
+            allow_reconnect=False, max_reconnect_attempts=1, reconnect_time_wait=0,
+        )  # fmt: skip
+        return await asyncio.wait_for(connecting, 10)
+
+    def apply_program_streams(self, deadline: float = 30.0) -> dict[str, str]:
+        """GLOBAL_EVENTS (R3) and TERRITORY_<CODE> (R1, pinned) through the stream job's code."""
+
+        async def apply() -> dict[str, str]:
+            nc = await self.connect(next(iter(self.servers)))
+            try:
+                return await ensure_streams(nc, stream_configs(self.deployment), deadline)
+            finally:
+                await nc.close()
+
+        return asyncio.run(apply())
