@@ -230,6 +230,28 @@ def test_verify_reads_the_outputs_with_secrets_and_passes_the_exit_code_on(
     assert result.stdout == ""  # setup's chatter goes to stderr: --json output stays clean
 
 
+@pytest.mark.parametrize("verdict", [0, 1, 3])
+def test_restore_reads_the_outputs_with_secrets_and_passes_the_exit_code_on(
+    tmp_path: Path, verdict: int
+) -> None:
+    project = prepare(tmp_path, verify_exit=verdict)
+    result, calls = run(tmp_path, project, "restore.sh", "nordic", "--pod", "no", "--force")
+    assert result.returncode == verdict, result.stderr
+    assert any(c.startswith("pulumi stack output --stack nordic --json --show-secrets")
+               for c in calls)  # fmt: skip
+    restore = next(call for call in calls if call.startswith("python "))
+    assert restore.startswith("python -m unityplan_infra restore --outputs ")
+    assert " --pod no --force |" in restore
+    assert (tmp_path / "mode").read_text().strip() == "600"  # it holds secrets
+    assert not Path(restore.split("--outputs ")[1].split()[0]).exists()  # removed on exit
+
+
+def test_restore_without_a_stack_is_usage(tmp_path: Path) -> None:
+    project = prepare(tmp_path)
+    result, calls = run(tmp_path, project, "restore.sh")
+    assert result.returncode != 0 and "usage:" in result.stderr and calls == []
+
+
 def test_setup_hands_backend_and_passphrase_to_later_github_steps(tmp_path: Path) -> None:
     project = prepare(tmp_path)
     github_env, github_path = tmp_path / "github_env", tmp_path / "github_path"
