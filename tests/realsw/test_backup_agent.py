@@ -203,6 +203,7 @@ def test_run_snapshot_drill_destroy_restore_refuse(bed: Bed) -> None:
 
     restore = bed.job_run("restore")
     assert restore.returncode == 0, restore.stdout + restore.stderr
+    print(run.stdout + restore.stdout)  # the README's RTO (pytest -s)
     bed.pod.redis.start()  # ... and last: docker start
     assert full_state(bed.pod) == before
     assert bed.messages() == messages
