@@ -30,6 +30,7 @@ from tests.support.deployments import (
 from tests.support.tools import run_checker
 from unityplan_infra.render.alerts import (
     ALERT_RULES_FILE,
+    BACKUP_DRILL_FAILED,
     BACKUP_FAILED,
     BACKUP_NEVER_RAN,
     BACKUP_TOO_OLD,
@@ -515,6 +516,19 @@ def cases() -> list[Case]:
                   " backup-metrics volume"),
         ]),
         Case("all-report", BACKUP_NEVER_RAN, BACKED_UP, every_pod_ran, "27h"),
+        Case("drill-failed", BACKUP_DRILL_FAILED, BACKED_UP, {
+            series("unityplan_backup_drill_last_run_success",
+                   {**host_target(BACKED_UP.hosts[0]), "territory": "dk"}): "1 0 0",
+        }, "2m", quiet_at=("0m",), expected=[
+            alert({**host_target(BACKED_UP.hosts[0]), "territory": "dk"}, "critical",
+                  summary="pod dk: the restore drill failed: the latest backup did not restore",
+                  runbook=f"{logs('dk')} (the drill's lines name the database and the error);"
+                  " restore a pod by hand only from a snapshot a drill passed"),
+        ]),
+        Case("drill-passed", BACKUP_DRILL_FAILED, BACKED_UP, {
+            series("unityplan_backup_drill_last_run_success",
+                   {**host_target(BACKED_UP.hosts[0]), "territory": "dk"}): "1x5",
+        }, "5m"),
     ]  # fmt: skip
     return found
 

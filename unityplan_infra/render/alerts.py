@@ -67,6 +67,7 @@ WIREGUARD_PEER_NO_HANDSHAKE = "WireGuardPeerNoHandshake"
 BACKUP_TOO_OLD = "BackupTooOld"
 BACKUP_FAILED = "BackupFailed"
 BACKUP_NEVER_RAN = "BackupNeverRan"
+BACKUP_DRILL_FAILED = "BackupDrillFailed"
 
 CRITICAL = "critical"
 WARNING = "warning"
@@ -409,6 +410,14 @@ def _backup_group(deployment: Deployment) -> dict[str, Any]:
                 " failed",
                 runbook=f"{logs} (each failure names the step and the fix); the next run"
                 " retries on schedule",
+            ),
+            _alert(
+                BACKUP_DRILL_FAILED, "unityplan_backup_drill_last_run_success == 0",
+                for_=None, severity=CRITICAL,
+                summary="pod {{ $labels.territory }}: the restore drill failed: the latest"
+                " backup did not restore",
+                runbook=f"{logs} (the drill's lines name the database and the error); restore"
+                " a pod by hand only from a snapshot a drill passed",
             ),
             *never,
         ],
