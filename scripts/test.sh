@@ -30,6 +30,9 @@ if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
 # since pip's hash checking is all-or-nothing per call).
 .venv/bin/pip install -q --disable-pip-version-check --require-hashes -r requirements-lint.txt
 
+# A real IPFS node for the IPFS backup tests (js-ipfs; kubo does not install here).
+tests/support/install_ipfs.sh
+
 echo "== ruff"; .venv/bin/ruff check .
 echo "== mypy"; .venv/bin/mypy unityplan_infra __main__.py
 echo "== pytest"; exec .venv/bin/python -m pytest "$@"
