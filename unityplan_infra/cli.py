@@ -68,8 +68,12 @@ def parser() -> argparse.ArgumentParser:
                          help=f"comma-separated kinds (default: {','.join(DEFAULT_KINDS)};"
                               f" also: {SIGNING_KEY_KIND})")
     restore.add_argument("--force", action="store_true", help="overwrite data that is there")
-    restore.add_argument("--ssh-config", type=Path, default=None, help=argparse.SUPPRESS)
+    restore.add_argument("--ssh-config", type=Path, default=None,
+                         help="multi-host: ssh config file (ssh -F)")
     restore.add_argument("--direct", action="store_true", help=argparse.SUPPRESS)
+    restore.add_argument("--idle-limit", type=float, default=6 * 3600.0,
+                         help="seconds to wait for an interrupted restore to end before"
+                              " starting the stopped services (default 6 h)")
     restore.add_argument("--timeout", type=float, default=5.0, help=argparse.SUPPRESS)
     return root  # fmt: skip
 

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from tests.support import engine
 from tests.support.deployments import BACKUP_SECRETS, with_backups
 from tests.support.mocks import CONTAINER_TYPE, Graph, Resource, run_program, unwrap
 from tests.support.secret_values import is_secret
@@ -160,16 +159,11 @@ def test_a_new_pod_leaves_the_other_backup_jobs_alone(stack: str) -> None:
 
 
 @pytest.mark.parametrize("stack", STACKS)
-def test_backup_inputs_are_written_as_the_provider_reads_them_back(stack: str) -> None:
+def test_a_second_up_of_the_same_program_changes_no_backup_resource(stack: str) -> None:
+    """Deterministic inputs: the job archive, spec and Dockerfile hash the same each run.
+    (How the provider reads back mounts, capabilities and users: test_quiet_updates.py.)"""
     g = graph(stack)
-    checked = 0
-    for resource in g.resources:
-        if resource.custom and "backup" in resource.name:
-            stored = engine.read_back(resource.type, resource.inputs)
-            for key, value in engine.with_defaults(resource.type, resource.inputs).items():
-                assert stored[key] == value, (resource.name, key, value, stored[key])
-                checked += 1
-    assert checked > 50
-    # ... so a second `up` of the same program changes none of them.
     second = run_program(as_pulumi_config(with_backups(stack)), stack, prior=g)
-    assert {urn for urn, step in second.steps(g).items() if step != "same"} == set()
+    changed = {urn for urn, step in second.steps(g).items() if step != "same"}
+    assert changed == set()
+    assert any("backup" in r.name for r in g.resources if r.custom)

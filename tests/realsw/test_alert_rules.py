@@ -513,7 +513,7 @@ def cases() -> list[Case]:
                   summary="pod norway (no) has reported no backup run for 26h",
                   runbook="docker logs service-backup-no | tail -50; is service-backup-no"
                   " running (docker ps -a)? node-exporter reads its metrics from the"
-                  " backup-metrics volume"),
+                  " unityplan-node-textfile volume"),
         ]),
         Case("all-report", BACKUP_NEVER_RAN, BACKED_UP, every_pod_ran, "27h"),
         Case("drill-failed", BACKUP_DRILL_FAILED, BACKED_UP, {

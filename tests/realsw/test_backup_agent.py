@@ -17,6 +17,7 @@ and a second `restore` without --force is refused and changes nothing.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import shutil
 import subprocess
@@ -242,3 +243,16 @@ def test_a_spec_with_a_typo_is_refused_before_anything_runs(bed: Bed, tmp_path: 
     result = subprocess.run([PYTHON, "-I", "-S", str(bed.job), "run", "--spec", str(broken)],
                             capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
     assert result.returncode == 2 and "keep_daily" in result.stderr
+
+
+def test_one_job_at_a_time_and_idle_says_when(bed: Bed) -> None:
+    """A restore holds the pod's job lock: a scheduled run skips, `idle` says busy."""
+    state = Path(json.loads(bed.spec.read_text())["extra"]["schedule"]["state_dir"])
+    assert bed.job_run("idle").returncode == 0
+    state.mkdir(parents=True, exist_ok=True)
+    with (state / "job.lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # what a running restore holds
+        assert bed.job_run("idle").returncode == 1
+        run = bed.job_run("run")
+        assert run.returncode == 1 and "backup skipped" in run.stdout
+    assert bed.job_run("idle").returncode == 0

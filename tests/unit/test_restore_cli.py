@@ -32,6 +32,9 @@ from unityplan_infra.verify.outputs import StackOutputs
 ROOT = Path(__file__).resolve().parents[2]
 FAKE_DOCKER = """#!/bin/sh
 echo "$*" >> "$DOCKER_LOG"
+case "$*" in
+  *" idle "*) exit "${FAKE_IDLE_EXIT:-0}" ;;
+esac
 case "$1" in
   stop) exit "${FAKE_STOP_EXIT:-0}" ;;
   exec) exit "${FAKE_RESTORE_EXIT:-0}" ;;
@@ -103,11 +106,14 @@ def test_unknown_kinds_are_refused(what: str) -> None:
 
 def test_stop_restore_start_then_verify(tmp_path: Path, dev_outputs: dict[str, Any]) -> None:
     result, calls = run_restore(tmp_path, dev_outputs, "--pod", "dk")
-    assert [c.split()[0] for c in calls] == ["stop", "stop", "exec", "start", "start"]
+    assert [c.split()[0] for c in calls] == ["stop", "stop", "exec", "exec", "start", "start"]
     assert calls[0] == "stop --time 30 service-matrix-dk"
     assert calls[1] == "stop --time 60 service-redis-dk"
     assert calls[2].startswith("exec service-backup-dk python3 /config/backup-job.pyz restore")
-    assert calls[3:] == ["start service-redis-dk", "start service-matrix-dk"]
+    # Before anything starts again: no job of the pod holds its lock any more.
+    assert calls[3] == ("exec service-backup-dk python3 /config/backup-job.pyz idle"
+                        " --spec /config/spec.json")
+    assert calls[4:] == ["start service-redis-dk", "start service-matrix-dk"]
     # The restore "worked"; verify then runs against services that are not there.
     assert "verifying pod dk" in result.stderr
     assert result.returncode == 1
@@ -124,6 +130,18 @@ def test_refused_or_failed_restore_starts_the_services_again(
     assert "verifying" not in result.stderr
     if expected == 3:
         assert "nothing was changed" in result.stderr
+
+
+def test_an_unfinished_restore_keeps_the_services_stopped(
+    tmp_path: Path, dev_outputs: dict[str, Any]
+) -> None:
+    """The client lost the restore (Ctrl-C, SSH dropped) but it still runs in the container:
+    starting Redis now would race its file swap. The services stay down, with directions."""
+    result, calls = run_restore(tmp_path, dev_outputs, "--pod", "dk", "--idle-limit", "0",
+                                FAKE_RESTORE_EXIT="255", FAKE_IDLE_EXIT="1")  # fmt: skip
+    assert not [c for c in calls if c.startswith("start")]
+    assert "stay stopped" in result.stderr and "docker start" in result.stderr
+    assert result.returncode == 1
 
 
 def test_a_service_that_does_not_stop_means_no_restore(

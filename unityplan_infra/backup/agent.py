@@ -7,6 +7,7 @@ render/backup_job.py), and what `python -m unityplan_infra restore` calls in it.
     backup-job.pyz drill    --spec ...                 # restore into scratch, check
     backup-job.pyz snapshots --spec ...
     backup-job.pyz health   --spec ...                 # container healthcheck
+    backup-job.pyz idle     --spec ...                 # exit 0 when no job holds the lock
 
 Beside run.py's kinds (PostgreSQL, Redis, Matrix files) this module plugs in JetStream
 (backup/jetstream.py) and IPFS (backup/ipfs.py), with their settings from `spec.extra`:
@@ -17,19 +18,28 @@ Beside run.py's kinds (PostgreSQL, Redis, Matrix files) this module plugs in Jet
     "schedule": {"backup": "17 3 * * *", "drill": null, "state_dir": "/work/state"}
 
 The schedule is evaluated with cronsim in the container's clock (UTC). `serve` writes a
-heartbeat file every loop; `health` fails when it is stale, so Docker shows a stuck job.
+heartbeat file from a thread while it lives (a long run is not "unhealthy"); `health`
+fails when it is stale, so Docker shows a job that died or hangs its process.
+
+Runs, drills and restores take one lock (`flock` on `<state_dir>/job.lock`): a scheduled
+run never starts in the middle of a restore, and `restore` (restore/command.py) asks
+`idle` before it starts the services it stopped, so an interrupted client cannot bring
+Redis or Synapse back while a restore still writes under them.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import fcntl
 import json
 import shutil
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,7 +64,9 @@ from unityplan_infra.backup.run import (
 
 EXIT_OK, EXIT_FAILED, EXIT_REFUSED, EXIT_USAGE = 0, 1, 3, 2
 HEARTBEAT = "heartbeat"
-HEARTBEAT_MAX_AGE = 180.0  # the loop wakes at least every minute
+HEARTBEAT_EVERY = 30.0
+HEARTBEAT_MAX_AGE = 180.0
+LOCK = "job.lock"
 STAGE = "stage"
 DRILL_PREFIX = "unityplan_drill_"
 
@@ -199,10 +211,53 @@ def next_time(expression: str, after: datetime) -> datetime:
     return next(iter(CronSim(expression, after)))
 
 
+class JobBusy(BackupError):
+    """Another run, drill or restore of this pod holds the job lock."""
+
+
+@contextlib.contextmanager
+def job_lock(state_dir: Path, *, wait: bool) -> Iterator[None]:
+    """The pod's job lock; `wait=False` raises JobBusy at once when it is held."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with (state_dir / LOCK).open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise JobBusy("another backup, drill or restore of this pod is running") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def is_idle(state_dir: Path) -> bool:
+    try:
+        with job_lock(state_dir, wait=False):
+            return True
+    except JobBusy:
+        return False
+
+
+def _heartbeat(path: Path, stop: threading.Event) -> None:
+    while not stop.is_set():
+        path.write_text(f"{time.time()}\n")
+        stop.wait(HEARTBEAT_EVERY)
+
+
 def serve(spec: BackupSpec, *, stop_after: float | None = None) -> int:
     """Run backups (and drills) on schedule, forever (or `stop_after` seconds, for tests)."""
     schedule = Schedule.of(spec)
     schedule.state_dir.mkdir(parents=True, exist_ok=True)
+    stop = threading.Event()
+    threading.Thread(target=_heartbeat, args=(schedule.state_dir / HEARTBEAT, stop),
+                     daemon=True).start()  # fmt: skip
+    try:
+        return _loop(spec, schedule, stop_after)
+    finally:
+        stop.set()
+
+
+def _loop(spec: BackupSpec, schedule: Schedule, stop_after: float | None) -> int:
     began = time.monotonic()
     now = datetime.now(UTC)
     due = {"backup": next_time(schedule.backup, now)}
@@ -211,7 +266,6 @@ def serve(spec: BackupSpec, *, stop_after: float | None = None) -> int:
     _log(f"pod {spec.pod}: next backup {due['backup'].isoformat()}"
          + (f", next drill {due['drill'].isoformat()}" if "drill" in due else ""))  # fmt: skip
     while stop_after is None or time.monotonic() - began < stop_after:
-        (schedule.state_dir / HEARTBEAT).write_text(f"{time.time()}\n")
         now = datetime.now(UTC)
         for job, when in sorted(due.items(), key=lambda item: item[1]):
             if when <= now:
@@ -237,7 +291,11 @@ def healthy(spec: BackupSpec) -> bool:
 def run_once(spec: BackupSpec, state_dir: Path) -> bool:
     """One backup run; failures are logged and exported as metrics, never raised."""
     try:
-        result = backup_pod(spec, state_dir / STAGE)
+        with job_lock(state_dir, wait=False):
+            result = backup_pod(spec, state_dir / STAGE)
+    except JobBusy as error:
+        _log(f"pod {spec.pod}: backup skipped: {error} (a restore?); the next one is on schedule")
+        return False
     except BackupError as error:
         _log(f"pod {spec.pod}: backup FAILED: {error}")
         return False
@@ -258,38 +316,42 @@ def drill(spec: BackupSpec, state_dir: Path) -> bool:
     started = time.time()
     ok = False
     try:
-        if spec.postgres is None:
-            raise BackupError("a drill restores PostgreSQL: the spec has none")
-        connection = spec.postgres.connection()
-        restic = spec.restic.client()
-        scratch = Path(tempfile.mkdtemp(prefix="drill-", dir=state_dir))
-        try:
-            restic.restore(scratch, snapshot="latest", include=["/postgres"])
-            databases = pg.read_manifest(scratch / "postgres")
-            if not databases:
-                raise BackupError("the latest snapshot holds no database dump")
-            for index, (name, file) in enumerate(databases):
-                target = f"{DRILL_PREFIX}{index}"
-                pg.psql(connection, f"DROP DATABASE IF EXISTS {pg.identifier(target)}")
-                pg.psql(connection, f"CREATE DATABASE {pg.identifier(target)}")
-                try:
-                    pg.run_tool(connection, "pg_restore", "--no-owner", "--no-privileges",
-                                "--exit-on-error", "-d", target,
-                                str(scratch / "postgres" / file))  # fmt: skip
-                    tables = pg.user_table_count(connection, target)
-                    if not tables:
-                        raise BackupError(f"the dump of {name} restored no table")
-                    _log(f"pod {spec.pod}: drill: {name} restored with {tables} tables")
-                finally:
-                    pg.drop_database(connection, target)
-            ok = True
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+        with job_lock(state_dir, wait=False):
+            ok = _drill(spec, state_dir)
     except BackupError as error:
         _log(f"pod {spec.pod}: drill FAILED: {error}")
     if spec.metrics_dir:
         _drill_metrics(Path(spec.metrics_dir), spec.pod, ok, time.time() - started)
     return ok
+
+
+def _drill(spec: BackupSpec, state_dir: Path) -> bool:
+    if spec.postgres is None:
+        raise BackupError("a drill restores PostgreSQL: the spec has none")
+    connection = spec.postgres.connection()
+    scratch = Path(tempfile.mkdtemp(prefix="drill-", dir=state_dir))
+    try:
+        spec.restic.client().restore(scratch, snapshot="latest", include=["/postgres"])
+        databases = pg.read_manifest(scratch / "postgres")
+        if not databases:
+            raise BackupError("the latest snapshot holds no database dump")
+        for index, (name, file) in enumerate(databases):
+            target = f"{DRILL_PREFIX}{index}"
+            pg.psql(connection, f"DROP DATABASE IF EXISTS {pg.identifier(target)}")
+            pg.psql(connection, f"CREATE DATABASE {pg.identifier(target)}")
+            try:
+                pg.run_tool(connection, "pg_restore", "--no-owner", "--no-privileges",
+                            "--exit-on-error", "-d", target,
+                            str(scratch / "postgres" / file))  # fmt: skip
+                tables = pg.user_table_count(connection, target)
+                if not tables:
+                    raise BackupError(f"the dump of {name} restored no table")
+                _log(f"pod {spec.pod}: drill: {name} restored with {tables} tables")
+            finally:
+                pg.drop_database(connection, target)
+        return True
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _drill_metrics(directory: Path, pod: str, ok: bool, seconds: float) -> None:
@@ -316,7 +378,7 @@ def _log(message: str) -> None:
 def _parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="backup-job.pyz")
     commands = root.add_subparsers(dest="command", required=True)
-    for name in ("serve", "run", "restore", "drill", "snapshots", "health"):
+    for name in ("serve", "run", "restore", "drill", "snapshots", "health", "idle"):
         command = commands.add_parser(name)
         command.add_argument("--spec", type=Path, required=True)
         if name == "restore":
@@ -344,12 +406,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK if drill(spec, state_dir) else EXIT_FAILED
         if args.command == "health":
             return EXIT_OK if healthy(spec) else EXIT_FAILED
+        if args.command == "idle":
+            return EXIT_OK if is_idle(state_dir) else EXIT_FAILED
         if args.command == "snapshots":
             for snapshot in spec.restic.client().snapshots(tags=spec.tags):
                 print(json.dumps({"id": snapshot.id, "time": snapshot.time.isoformat()}))
             return EXIT_OK
         what = [k for k in args.what.split(",") if k] or default_restore_kinds(spec)
-        result = restore_pod(spec, args.snapshot, what, args.force, work_dir=state_dir)
+        # Waits for a scheduled run to end: a restore does not race a backup.
+        with job_lock(state_dir, wait=True):
+            result = restore_pod(spec, args.snapshot, what, args.force, work_dir=state_dir)
         _log(f"pod {spec.pod}: restored {', '.join(result.kinds)} from snapshot"
              f" {result.snapshot_id[:8]} in {result.duration_seconds:.1f}s")  # fmt: skip
         return EXIT_OK

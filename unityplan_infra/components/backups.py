@@ -51,8 +51,9 @@ def backup_image(deployment: Deployment, host: HostAccess, parent: pulumi.Resour
     if tag not in host.images:
         build = host.run(
             f"{host.plan.name}-backup-image-build",
-            # No context: the Dockerfile only copies from images.
-            create=f"docker build --quiet --tag {tag} -",
+            # No context: the Dockerfile only copies from images. Idempotent: an image that
+            # is there is kept (a pruned one is built again by `up --replace` of this).
+            create=f"docker image inspect {tag} >/dev/null 2>&1 || docker build --quiet --tag {tag} -",
             stdin=dockerfile,
             triggers=[tag],
             parent=parent,

@@ -387,7 +387,7 @@ def _backup_group(deployment: Deployment) -> dict[str, Any]:
             summary=f"pod {pod.pod.name} ({pod.code}) has reported no backup run for"
             f" {BACKUP_MAX_AGE_FOR}",
             runbook=f"{logs}; is service-backup-{pod.code} running (docker ps -a)? node-exporter"
-            " reads its metrics from the backup-metrics volume",
+            " reads its metrics from the unityplan-node-textfile volume",
         )
         for pod in deployment.pods
     ]

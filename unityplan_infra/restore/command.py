@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Callable
 
 from unityplan_infra.restore.plan import RestorePlan, RestoreUsageError, parse_kinds, plan_restore
@@ -18,11 +19,31 @@ from unityplan_infra.verify.outputs import OutputsError, load_outputs
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
 JOB_EXIT_REFUSED = 3  # backup/agent.py
+IDLE_POLL_SECONDS = 5.0
 
 
-def execute(plan: RestorePlan, docker: DockerOnHost, log: Callable[[str], None]) -> int:
-    """Stop, restore, start again (always); the restore's exit code in our terms."""
+def wait_idle(plan: RestorePlan, docker: DockerOnHost, log: Callable[[str], None],
+              limit: float) -> bool:  # fmt: skip
+    """True once no restore (or run) holds the pod's job lock.
+
+    `docker exec` does not end the process in the container when the client goes (Ctrl-C,
+    a dropped SSH connection): the restore may still be writing under the stopped services.
+    """
+    deadline = time.monotonic() + limit
+    while True:
+        if docker.run(plan.idle, capture=True).returncode == 0:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        log("the restore is still running in the backup container: waiting")
+        time.sleep(IDLE_POLL_SECONDS)
+
+
+def execute(plan: RestorePlan, docker: DockerOnHost, log: Callable[[str], None],
+            idle_limit: float = 6 * 3600.0) -> int:  # fmt: skip
+    """Stop, restore, start again once the restore is over; its exit code in our terms."""
     stopped: list[str] = []
+    code = EXIT_FAILED
     try:
         for container in plan.stop:
             log(f"stopping {container}")
@@ -33,6 +54,11 @@ def execute(plan: RestorePlan, docker: DockerOnHost, log: Callable[[str], None])
         log(f"restoring {', '.join(plan.kinds)} of pod {plan.pod}")
         code = docker.run(plan.restore).returncode
     finally:
+        if stopped and not wait_idle(plan, docker, log, idle_limit):
+            names = " ".join(reversed(stopped))
+            log(f"cannot confirm the restore has ended: {names} stay stopped; when"
+                f" `docker exec service-backup-{plan.pod} ... idle` says so, docker start {names}")
+            stopped.clear()
         for container in reversed(stopped):
             log(f"starting {container}")
             if docker.run(["start", container]).returncode != 0:
@@ -48,13 +74,13 @@ def restore(args: argparse.Namespace, verify: Callable[[argparse.Namespace], int
 
     try:
         outputs = load_outputs(args.outputs)
-        docker = DockerOnHost.of(outputs, args.pod)
+        docker = DockerOnHost.of(outputs, args.pod, args.ssh_config)
         plan = plan_restore(args.pod, parse_kinds(args.what), snapshot=args.snapshot,
                             force=args.force)  # fmt: skip
     except (OutputsError, RestoreUsageError) as error:
         log(str(error))
         return EXIT_USAGE
-    result = execute(plan, docker, log)
+    result = execute(plan, docker, log, args.idle_limit)
     if result == EXIT_REFUSED:
         log("refused: the pod holds data; nothing was changed (give --force to overwrite it)")
         return result

@@ -41,6 +41,8 @@ class RestorePlan:
     """Containers to stop first (and start again afterwards, in reverse order)."""
     restore: tuple[str, ...]
     """`docker` arguments of the restore inside the backup container."""
+    idle: tuple[str, ...]
+    """`docker` arguments that succeed once no job of the pod holds its lock."""
 
     def stop_args(self, container: str) -> list[str]:
         kind = container.split("-")[1]  # service-<kind>-<code>
@@ -63,10 +65,11 @@ def plan_restore(
     pod: str, kinds: Sequence[str], *, snapshot: str = "latest", force: bool = False
 ) -> RestorePlan:
     services = dict.fromkeys(s for kind in kinds for s in STOPPED_FOR.get(kind, ()))
-    job = f"service-backup-{pod}"
-    restore = ["exec", job, "python3", f"{CONFIG_DIR}/{JOB_FILE}", "restore",
-               "--spec", f"{CONFIG_DIR}/{SPEC_FILE}", "--snapshot", snapshot,
-               "--what", ",".join(kinds), *(["--force"] if force else [])]  # fmt: skip
+    job = ["exec", f"service-backup-{pod}", "python3", f"{CONFIG_DIR}/{JOB_FILE}"]
+    spec = ["--spec", f"{CONFIG_DIR}/{SPEC_FILE}"]
+    restore = [*job, "restore", *spec, "--snapshot", snapshot, "--what", ",".join(kinds),
+               *(["--force"] if force else [])]  # fmt: skip
     return RestorePlan(
-        pod, tuple(kinds), tuple(f"service-{s}-{pod}" for s in services), tuple(restore)
+        pod, tuple(kinds), tuple(f"service-{s}-{pod}" for s in services), tuple(restore),
+        (*job, "idle", *spec),
     )
