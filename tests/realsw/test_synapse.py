@@ -59,7 +59,12 @@ from signedjson.key import decode_signing_key_base64, decode_verify_key_bytes
 from signedjson.sign import sign_json, verify_signed_json
 from synapse.config.server import DEFAULT_IP_RANGE_BLOCKLIST
 
-from tests.support.deployments import deployment_of, dev_deployment, multi_host_deployment
+from tests.support.deployments import (
+    deployment_of,
+    dev_deployment,
+    multi_host_deployment,
+    with_pod,
+)
 from tests.support.mocks import Graph, run_program
 from tests.support.netns import DEFAULT_SUBNET, Background, NetnsLab, wait_until
 from tests.support.postgres import Cluster, sql_identifier
@@ -91,10 +96,11 @@ RELOCATED_KEYS = {
     "pid_file", "tls_certificate_path", "tls_private_key_path", "media_store_path",
     "signing_key_path",
 }  # fmt: skip
-OUTSIDER = "evil.example"  # a server name the whitelist does not list
+OUTSIDER = "evil.example"  # a server outside the mesh
+OUTSIDER_ADDRESS = "198.19.200.1"  # benchmark range, outside the lab's (= mesh) subnet
 # Negative controls: dk's config with one change each, own database, ports and data dir.
 WRONG_COLLATION = "wrong-collation"  # a database created with the cluster's default locale
-NO_IP_WHITELIST = "no-ip-whitelist"  # without ip_range_whitelist (Synapse's default)
+NO_IP_WHITELIST = "no-ip-whitelist"  # without the program's IP lists (Synapse's defaults)
 # The Synapse database options of postgres_init_sql, for the variant that must start.
 C_LOCALE = " ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"
 
@@ -389,8 +395,10 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]
             dns.wait_for_output("listening")
             pod = deployment.pod(code)
             lab.alias(code, pod.service("postgres"), pod.service("matrix"), pod.matrix_server_name)
-        # Two names without a Synapse of their own, at no's address: whitelisted and not.
-        lab.alias("no", deployment.pod("se").matrix_server_name, OUTSIDER)
+        # A pod's name without a Synapse of its own, at no's address (inside the mesh), and
+        # a server outside the mesh.
+        lab.alias("no", deployment.pod("se").matrix_server_name)
+        lab.resolve(OUTSIDER, OUTSIDER_ADDRESS)
         for code in CODES:
             cluster = Cluster.create(host_networks=[str(DEFAULT_SUBNET)])
             # Registered after the lab, so undone before it; the server is stopped first.
@@ -414,7 +422,7 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]
             for variant in (
                 start_variant(servers["dk"], WRONG_COLLATION, 10000, ""),
                 start_variant(servers["dk"], NO_IP_WHITELIST, 20000, C_LOCALE,
-                              ip_range_whitelist=None),
+                              ip_range_whitelist=None, federation_ip_range_blacklist=None),
             )
         }  # fmt: skip
         for variant in variants.values():
@@ -516,20 +524,36 @@ def test_multi_host_peers_find_federation_on_port_8448() -> None:
 
 
 # --- tests: real servers ------------------------------------------------------------------------
-def test_whitelists_cover_the_lab(federation: Federation) -> None:
-    # The premise of the federation tests: the deployment's three pods, the lab's addresses.
+def test_federation_reaches_the_mesh_range_and_nothing_else(federation: Federation) -> None:
+    # The premise of the federation tests: the lab's addresses are the mesh range, which
+    # federation may reach; every other IPv4 and IPv6 address is blocked, by address: no
+    # list of server names that a new pod would have to be added to.
     config = federation.servers["dk"].rendered
-    assert config["federation_domain_whitelist"] == [
-        "dk.unityplan.local", "no.unityplan.local", "se.unityplan.local",
-    ]  # fmt: skip
+    assert "federation_domain_whitelist" not in config
     assert config["ip_range_whitelist"] == [str(DEFAULT_SUBNET)]
+    blocked = [ipaddress.ip_network(net) for net in config["federation_ip_range_blacklist"]]
+    v4 = [net for net in blocked if isinstance(net, ipaddress.IPv4Network)]
+    assert not any(net.overlaps(DEFAULT_SUBNET) for net in v4)
+    assert sum(net.num_addresses for net in v4) + DEFAULT_SUBNET.num_addresses == 2**32
+    assert ipaddress.ip_network("::/0") in blocked
     assert all(h.address in DEFAULT_SUBNET for h in federation.lab.hosts.values())
+    assert ipaddress.ip_address(OUTSIDER_ADDRESS) not in DEFAULT_SUBNET
     # ... and Synapse blocks the lab's addresses by default, as it blocks the default Docker
-    # mesh subnet, so the federation tests below pass only through ip_range_whitelist.
-    blocked = [net for net in map(ipaddress.ip_network, DEFAULT_IP_RANGE_BLOCKLIST)
-               if isinstance(net, ipaddress.IPv4Network)]  # fmt: skip
+    # mesh subnet, so the negative control (Synapse's own defaults) cannot federate.
+    defaults = [net for net in map(ipaddress.ip_network, DEFAULT_IP_RANGE_BLOCKLIST)
+                if isinstance(net, ipaddress.IPv4Network)]  # fmt: skip
     for subnet in (DEFAULT_SUBNET, ipaddress.IPv4Network(dev_deployment().config.mesh_subnet)):
-        assert any(subnet.subnet_of(net) for net in blocked), subnet
+        assert any(subnet.subnet_of(net) for net in defaults), subnet
+
+
+def test_a_new_pod_changes_no_homeserver_config() -> None:
+    # Routine change: the config of dk is the same with a fourth pod in the stack.
+    secrets = SynapseSecrets(DB_OWNER, "db", "registration", "macaroon", "form")
+    bigger = with_pod("dev", {"code": "fi", "name": "finland", "slot": 4})
+    dk_before, dk_after = dev_deployment().pod("dk"), bigger.pod("dk")
+    assert homeserver_config(dev_deployment(), dk_before, secrets) == homeserver_config(
+        bigger, dk_after, secrets
+    )
 
 
 def test_only_paths_are_relocated(federation: Federation) -> None:
@@ -641,14 +665,16 @@ def test_signed_requests_from_a_pod_are_accepted(federation: Federation) -> None
     assert "device_keys" in reply["json"]
 
 
-def test_servers_outside_the_whitelist_are_refused(federation: Federation) -> None:
-    # The same request, signed the same way, from a server name the whitelist lacks.
+def test_servers_outside_the_mesh_are_refused(federation: Federation) -> None:
+    # The same request, signed the same way, from a server outside the mesh: dk cannot
+    # fetch its keys (their address is blocked), so the signature cannot be checked.
     reply = signed_keys_query(federation, OUTSIDER, federation.servers["no"].seed)
-    assert reply["status"] == 403, reply
-    assert reply["json"] == {
-        "errcode": "M_FORBIDDEN",
-        "error": f"Federation denied with {OUTSIDER}.",
-    }
+    assert reply["status"] == 401, reply
+    assert reply["json"]["errcode"] == "M_UNAUTHORIZED"
+    dk = federation.servers["dk"].process
+    assert dk is not None
+    blocked = f"Blocked {OUTSIDER_ADDRESS} from DNS resolution to {OUTSIDER}"
+    wait_until(lambda: blocked in dk.output(), timeout=10, what=blocked)
 
 
 def key_requests_seen_by_no(federation: Federation) -> int:
@@ -658,14 +684,18 @@ def key_requests_seen_by_no(federation: Federation) -> int:
     return process.output().count('"GET /_matrix/key/v2/server HTTP/1.1"')
 
 
-def test_no_requests_go_to_servers_outside_the_whitelist(federation: Federation) -> None:
-    # evil.example and se.unityplan.local both resolve to no's host, where a Synapse listens
-    # on 8448. Asked for their keys, dk's Synapse contacts se (whitelisted; the answer names
-    # no.unityplan.local, so no keys come back) but never evil.example.
+def test_no_requests_go_to_servers_outside_the_mesh(federation: Federation) -> None:
+    # evil.example resolves outside the mesh: asked for its keys, dk's Synapse refuses by
+    # address before it connects. se.unityplan.local resolves to no's host (in the mesh),
+    # where a Synapse listens on 8448: dk contacts it (the answer names no.unityplan.local,
+    # so no keys come back).
+    dk = federation.servers["dk"].process
+    assert dk is not None
     before = key_requests_seen_by_no(federation)
-    evil = notary_query(federation, "dk", OUTSIDER, "ed25519:a_0000")
+    evil = notary_query(federation, "dk", OUTSIDER, "ed25519:a_0001")
     assert evil["status"] == 200, evil
     assert evil["json"]["server_keys"] == []
+    assert dk.output().count(f"Blocked {OUTSIDER_ADDRESS} from DNS resolution") >= 1
     time.sleep(0.5)  # no logs a request after answering it: give a stray one time to show
     assert key_requests_seen_by_no(federation) == before
 
@@ -679,8 +709,8 @@ def test_no_requests_go_to_servers_outside_the_whitelist(federation: Federation)
     )  # fmt: skip
 
 
-def test_without_ip_range_whitelist_federation_is_blocked(federation: Federation) -> None:
-    # Negative control for the federation tests: dk's config without ip_range_whitelist
+def test_with_synapses_defaults_federation_is_blocked(federation: Federation) -> None:
+    # Negative control for the federation tests: dk's config without the program's IP lists
     # cannot reach no, whose address is in Synapse's default blocklist.
     variant = federation.variants[NO_IP_WHITELIST]
     no = federation.servers["no"]

@@ -155,6 +155,7 @@ class NetnsLab:
         self._given_workdir = workdir
         self._workdir: Path | None = None
         self._aliases: dict[str, str] = {}  # resolvable name -> host name
+        self._elsewhere: dict[str, str] = {}  # resolvable name -> an address of no lab host
         self._processes: list[Background] = []
         self._undo: list[tuple[str, Callable[[], None]]] = []
 
@@ -262,6 +263,17 @@ class NetnsLab:
         for each in self.hosts.values():
             self._write_hosts(each)
 
+    def resolve(self, name: str, address: str) -> None:
+        """Make `name` resolve to `address` (in the benchmark range, usually no lab host's)
+        in every namespace: a server somewhere else, which nothing in the lab routes to."""
+        if ipaddress.ip_address(address) not in BENCHMARK_RANGE:
+            raise ValueError(f"{address} is outside {BENCHMARK_RANGE}: labs never use real ranges")
+        if name in self._aliases:
+            raise ValueError(f"{name} already resolves to {self._aliases[name]}")
+        self._elsewhere[name] = address
+        for each in self.hosts.values():
+            self._write_hosts(each)
+
     def hosts_file(self, host: Host | str) -> Path:
         return NETNS_ETC / self.host(host).netns / "hosts"
 
@@ -269,6 +281,8 @@ class NetnsLab:
         lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
         for name, owner in sorted(self._aliases.items()):
             lines.append(f"{self.hosts[owner].address}\t{name}")
+        for name, address in sorted(self._elsewhere.items()):
+            lines.append(f"{address}\t{name}")
         # In place, not by rename: running processes keep the bind-mounted inode.
         self.hosts_file(host).write_text("\n".join(lines) + "\n")
 

@@ -67,8 +67,10 @@ def test_homeserver_config() -> None:
     assert config["server_name"] == "no.unityplan.local"
     assert config["database"]["args"]["host"] == "service-postgres-no"
     assert config["database"]["args"]["database"] == "synapse"
-    assert config["federation_domain_whitelist"] == [
-        "dk.unityplan.local", "no.unityplan.local", "se.unityplan.local"]  # fmt: skip
+    # Federation is limited by address (the mesh), not by a list of pods' names.
+    assert "federation_domain_whitelist" not in config
+    assert "172.31.240.0/20" not in config["federation_ip_range_blacklist"]
+    assert "172.31.0.0/17" in config["federation_ip_range_blacklist"]  # the rest of 172.31/16
     assert config["trusted_key_servers"] == []
     assert config["ip_range_whitelist"] == ["172.31.240.0/20"]
     assert config["registration_shared_secret"] == "reg-secret"

@@ -7,6 +7,7 @@ verification is off; the traffic never leaves the mesh (Docker network or WireGu
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +37,6 @@ class SynapseSecrets:
 def homeserver_config(
     deployment: Deployment, pod: PodPlan, secrets: SynapseSecrets
 ) -> dict[str, Any]:
-    federation_whitelist = [p.matrix_server_name for p in deployment.pods]
     return {
         "server_name": pod.matrix_server_name,
         "pid_file": f"{DATA_DIR}/homeserver.pid",
@@ -84,11 +84,24 @@ def homeserver_config(
         # Keys are fetched from the pods themselves, never from matrix.org.
         "trusted_key_servers": [],
         "suppress_key_server_warning": True,
-        "federation_domain_whitelist": federation_whitelist,
         "federation_verify_certificates": False,
+        # Federation reaches the mesh and nothing else, by address, not by a list of server
+        # names: a new pod then changes no homeserver.yaml and restarts no Synapse. A server
+        # outside the mesh is never contacted, so its requests cannot be verified (its keys
+        # are unreachable) and are refused. (Synapse applies this list, and only this one,
+        # to federation and identity servers; push gateways and URL previews keep the
+        # general lists below.)
+        "federation_ip_range_blacklist": federation_blocklist(deployment),
         # Synapse refuses private addresses by default; the mesh is private by design.
         "ip_range_whitelist": [deployment_mesh_range(deployment)],
     }
+
+
+def federation_blocklist(deployment: Deployment) -> list[str]:
+    """Every address but the mesh range: IPv4 outside it, and all of IPv6."""
+    mesh = ipaddress.IPv4Network(deployment_mesh_range(deployment))
+    outside = sorted(ipaddress.IPv4Network("0.0.0.0/0").address_exclude(mesh))
+    return [str(network) for network in outside] + ["::/0"]
 
 
 def deployment_mesh_range(deployment: Deployment) -> str:
