@@ -8,7 +8,8 @@ DEBIAN_PACKAGES=(nats-server prometheus cloud-init wireguard-tools wireguard-go
                  postgresql redis-server iproute2 iputils-ping procps curl
                  prometheus-postgres-exporter prometheus-redis-exporter
                  openssh-server openssh-client shellcheck iptables systemd
-                 prometheus-alertmanager prometheus-node-exporter util-linux restic)
+                 prometheus-alertmanager prometheus-node-exporter util-linux restic
+                 busybox)
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
 missing=()

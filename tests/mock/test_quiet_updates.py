@@ -229,7 +229,7 @@ def test_a_new_mesh_subnet_replaces_the_network_and_its_containers_only() -> Non
     commands = by_type.pop("command:local:Command")
     assert commands == {
         f"{code}-{job}" for code in ("dk", "no", "se")
-        for job in ("postgres-databases", "ipfs-peer-id", "ipfs-peering", "synapse-config")
+        for job in ("postgres-databases", "ipfs-peering", "synapse-config")
     } | {"prometheus-config"}  # fmt: skip
     assert by_type == {}  # no volume, image or other network
     assert all(step == "replace" for step in changed.values()), changed

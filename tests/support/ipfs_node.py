@@ -36,6 +36,51 @@ def jsipfs() -> Path:
     return path
 
 
+def loopback_only(config: dict[str, Any]) -> dict[str, Any]:
+    """A js-ipfs config on loopback only: no bootstrap, discovery, delegates or gateway."""
+    config["Addresses"].update(
+        API="/ip4/127.0.0.1/tcp/0", Gateway="", RPC="", Swarm=["/ip4/127.0.0.1/tcp/0"],
+        Announce=[], Delegates=[],
+    )  # fmt: skip
+    config["Bootstrap"] = []
+    config["Discovery"] = {"MDNS": {"Enabled": False}, "webRTCStar": {"Enabled": False}}
+    return config
+
+
+def start_daemon(
+    repo: Path, log: Path, *, offline: bool, timeout: float
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`jsipfs daemon` on the prepared `repo`; returns it and its RPC API URL once ready."""
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [str(jsipfs()), "daemon", *(["--offline"] if offline else []),
+             "--enable-preload=false"],
+            env={**os.environ, "IPFS_PATH": str(repo)},
+            stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    deadline = time.monotonic() + timeout
+    while True:
+        text = log.read_text(errors="replace")
+        port = API_LINE.search(text)
+        if port and "Daemon is ready" in text:
+            return process, f"http://127.0.0.1:{port.group(1)}"
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop_daemon(process)
+            raise RuntimeError(f"jsipfs daemon did not start:\n{text[-3000:]}")
+        time.sleep(0.1)
+
+
+def stop_daemon(process: subprocess.Popen[bytes] | None) -> None:
+    if process is None or process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)  # the daemon's own group (start_new_session)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+
 class IpfsNode:
     """One js-ipfs daemon; `url` is its RPC API (`http://127.0.0.1:PORT`)."""
 
@@ -69,40 +114,15 @@ class IpfsNode:
             check=True, capture_output=True, timeout=self.start_timeout,
         )  # fmt: skip
         config_path = self.repo / "config"
-        config = json.loads(config_path.read_text())
-        config["Addresses"].update(
-            API="/ip4/127.0.0.1/tcp/0", Gateway="", RPC="", Swarm=["/ip4/127.0.0.1/tcp/0"],
-            Announce=[], Delegates=[],
-        )  # fmt: skip
-        config["Bootstrap"] = []
-        config["Discovery"] = {"MDNS": {"Enabled": False}, "webRTCStar": {"Enabled": False}}
+        config = loopback_only(json.loads(config_path.read_text()))
         config_path.write_text(json.dumps(config, indent=1))
-        with self.log.open("wb") as log:
-            self._process = subprocess.Popen(
-                [str(jsipfs()), "daemon", "--offline", "--enable-preload=false"],
-                env=self._env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-        deadline = time.monotonic() + self.start_timeout
-        while True:
-            text = self.log.read_text(errors="replace")
-            port = API_LINE.search(text)
-            if port and "Daemon is ready" in text:
-                self.url = f"http://127.0.0.1:{port.group(1)}"
-                return
-            if self._process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"jsipfs daemon did not start:\n{text[-3000:]}")
-            time.sleep(0.1)
+        self._process, self.url = start_daemon(
+            self.repo, self.log, offline=True, timeout=self.start_timeout
+        )
 
     def stop(self) -> None:
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        os.killpg(process.pid, signal.SIGTERM)  # the daemon's own group (start_new_session)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
+        stop_daemon(process)
 
     # --- RPC calls the tests use beside the backup module -------------------------------
 

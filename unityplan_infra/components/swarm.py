@@ -1,8 +1,15 @@
 """`IpfsSwarm`: every pod's kubo keeps every other pod as a permanent peer.
 
-A node's peer ID lives in its data volume, so it is read from the running node; each pod's
-peer list is then written to its config dir (read again by the init script at every start)
-and applied to the running daemon. Adding a pod reruns these commands only.
+Peer IDs come from the program (each pod's identity is generated from pulumi-random bytes,
+`PodStack.ipfs_peer_id`), so each pod's peer list is plain config, known before any
+container starts: it is written to the pod's config dir (read by the init script at every
+start) and applied to the running daemon, with no read from a running node on the way.
+Adding a pod reruns these commands only.
+
+Nodes deployed before identities came from the program made their own at first start; the
+first `up` with program identities gives each such node the program's identity once (its
+container is replaced: kubo reads its identity only at start), and rewrites every pod's
+peer list with the new IDs in the same `up`.
 """
 
 from __future__ import annotations
@@ -33,17 +40,7 @@ class IpfsSwarm(pulumi.ComponentResource):
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("unityplan:infra:IpfsSwarm", "ipfs-swarm", None, opts)
-        self.peer_ids = {}
-        for pod in deployment.pods:
-            node = pods[pod.code].containers["ipfs"]
-            read_id = hosts[pod.host].run(
-                f"{pod.code}-ipfs-peer-id",
-                create=f"docker exec {pod.service('ipfs')} ipfs id --format='<id>'",
-                triggers=[node.id],
-                parent=self,
-                depends_on=[node],
-            )
-            self.peer_ids[pod.code] = read_id.stdout.apply(str.strip)  # type: ignore[attr-defined]
+        self.peer_ids = {pod.code: pods[pod.code].ipfs_peer_id for pod in deployment.pods}
 
         all_ids = pulumi.Output.all(**self.peer_ids)
         for pod in deployment.pods:
@@ -59,6 +56,8 @@ class IpfsSwarm(pulumi.ComponentResource):
             peers_txt = host.config_file(
                 f"{pod.code}-ipfs-peer-list", f"{directory}/peers.txt", peer_list, parent=self
             )
+            # The running daemon takes a changed list without a restart. It waits for the
+            # node (docker exec) and the files, nothing else: no step reads from a node.
             host.run(
                 f"{pod.code}-ipfs-peering",
                 create=f"docker exec -i {pod.service('ipfs')} sh -s",
