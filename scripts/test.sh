@@ -33,6 +33,8 @@ if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
 
 # A real IPFS node for the IPFS backup tests (js-ipfs; kubo does not install here).
 tests/support/install_ipfs.sh
+# nats-server of the newest minor beside the venv's 2.10 (the rolling-upgrade test).
+tests/support/nats_versions.sh
 
 echo "== ruff"; .venv/bin/ruff check .
 echo "== mypy"; .venv/bin/mypy unityplan_infra __main__.py
