@@ -35,6 +35,7 @@ from unityplan_infra.render import ipfs as ipfs_render
 from unityplan_infra.render import redis as redis_render
 from unityplan_infra.render.nats import render_nats_config
 from unityplan_infra.render.postgres import DB_OWNER, postgres_init_sql
+from unityplan_infra.render.postgres_major import guard_command
 from unityplan_infra.render.synapse import (
     SIGNING_KEY_FILE,
     TLS_CERT_FILE,
@@ -120,6 +121,18 @@ class PodStack(pulumi.ComponentResource):
             f"{code}-postgres-init", f"pods/{code}/postgres-init/10-databases.sql", init_sql,
             parent=self,
         )  # fmt: skip
+        postgres_volume = self._volume("postgres")
+        # Before the container is created or replaced: data of another major stops the deploy.
+        major_guard = host.run(
+            f"{code}-postgres-major-guard",
+            create=guard_command(images.postgres, pod.volume("postgres"), code),
+            triggers=[images.postgres],
+            parent=self,
+            # Neither on the image nor on the volume resource: `docker run` pulls the one
+            # and reads the other by name (a volume that is not there yet is created empty,
+            # which passes; Docker's volume create is idempotent). The guard stays off the
+            # deploy's longest path.
+        )
         postgres = self._add(
             "postgres",
             container(
@@ -139,9 +152,9 @@ class PodStack(pulumi.ComponentResource):
                 ),
                 # Over TCP: the initdb phase's temporary server listens on the socket only.
                 healthcheck=f"pg_isready -h 127.0.0.1 -U {DB_OWNER} -d postgres",
-                volumes=[(self._volume("postgres"), "/var/lib/postgresql/data")],
+                volumes=[(postgres_volume, "/var/lib/postgresql/data")],
                 binds=[(host.path(f"pods/{code}/postgres-init"), "/docker-entrypoint-initdb.d")],
-                depends_on=[init_file],
+                depends_on=[init_file, major_guard],
             ),
         )  # fmt: skip
         # The initdb script runs only on an empty volume; running it on every deploy (it is

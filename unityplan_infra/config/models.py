@@ -286,6 +286,18 @@ class Images(Model):
     # Runs the program's own JetStream stream code (nats-py) beside the cluster.
     stream_job: str = "python:3.12.8-slim-bookworm"
 
+    @field_validator("postgres")
+    @classmethod
+    def _postgres_major(cls, value: str) -> str:
+        tag = value.split("@", 1)[0].rsplit(":", 1)[-1]
+        if not re.match(r"^\d+(?:[.-]|$)", tag):
+            raise ConfigIssue(
+                "the tag must start with PostgreSQL's major version (the program checks the"
+                " data directory against it before replacing a container)",
+                "write it like 'postgres:16.6-bookworm'",
+            )
+        return value
+
     @field_validator("*")
     @classmethod
     def _pinned(cls, value: str) -> str:
