@@ -275,19 +275,28 @@ def check_running(nodes: Mapping[str, NatsNode]) -> None:
             raise AssertionError(f"nats-server of {name} exited:\n{node.server.output()}")
 
 
-def formed(nodes: Mapping[str, NatsNode]) -> bool:
-    """Every server routes to all others and JetStream has a meta leader over all of them."""
+def formed(nodes: Mapping[str, NatsNode], why: list[str] | None = None) -> bool:
+    """Every server routes to all others and JetStream has a meta leader over all of them.
+
+    `why` (when given) receives the reason of a False, for the timeout message."""
     check_running(nodes)
+
+    def no(reason: str) -> bool:
+        if why is not None:
+            why[:] = [reason]
+        return False
+
     try:
         ids = {name: node.server_id() for name, node in nodes.items()}
         for name, node in nodes.items():
-            if node.route_ids() != {ids[other] for other in ids if other != name}:
-                return False
+            routes, expected = node.route_ids(), {ids[o] for o in ids if o != name}
+            if routes != expected:
+                return no(f"{name} routes to {sorted(routes)}, expected {sorted(expected)}")
             meta = node.monitor("jsz").get("meta_cluster", {})
             if not meta.get("leader") or meta.get("cluster_size") != len(nodes):
-                return False
-    except (NetnsError, json.JSONDecodeError, KeyError):  # not listening yet
-        return False
+                return no(f"{name}'s meta cluster: {meta}")
+    except (NetnsError, json.JSONDecodeError, KeyError) as error:  # not listening yet
+        return no(f"{type(error).__name__}: {str(error)[-600:]}")
     return True
 
 
@@ -299,8 +308,9 @@ def wait_formed(nodes: Mapping[str, NatsNode], timeout: float) -> None:
             if node.server is not None
         )
 
-    wait_until(lambda: formed(nodes), timeout=timeout, interval=0.25,
-               what=lambda: f"cluster of {sorted(nodes)} formed\n{logs()}")  # fmt: skip
+    why: list[str] = []
+    wait_until(lambda: formed(nodes, why), timeout=timeout, interval=0.25,
+               what=lambda: f"cluster of {sorted(nodes)} formed (last: {why})\n{logs()}")  # fmt: skip
 
 
 def stream_info(node: NatsNode, stream: str) -> dict[str, Any]:
