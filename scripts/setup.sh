@@ -98,3 +98,12 @@ with_ssh_key() {
     ssh-agent -k >/dev/null
     exit "$status"' with-ssh-key "$@" 3<<<"$key"
 }
+
+# The stack's outputs with their secrets (for verify and restore): in "$outputs", a file
+# private to this user, removed when the calling script exits.
+write_stack_outputs() {
+  outputs="$(mktemp)"
+  chmod 600 "$outputs"
+  trap 'rm -f "$outputs"' EXIT
+  pulumi stack output --stack "$STACK" --json --show-secrets > "$outputs"
+}

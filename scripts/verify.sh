@@ -4,10 +4,7 @@
 set -euo pipefail
 STACK="${1:-dev}"; shift || true
 source "$(dirname "$0")/setup.sh" "$STACK" --no-create
-outputs="$(mktemp)"   # holds the stack's secrets: private to this user, removed on exit
-chmod 600 "$outputs"
-trap 'rm -f "$outputs"' EXIT
-pulumi stack output --stack "$STACK" --json --show-secrets > "$outputs"
+write_stack_outputs
 status=0
 with_ssh_key .venv/bin/python -m unityplan_infra verify --outputs "$outputs" "$@" || status=$?
 exit "$status"
