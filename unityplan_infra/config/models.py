@@ -172,6 +172,10 @@ class Pod(Model):
     slot: int
 
     host: HostSpec | None = None
+    # Retired: its services are taken down, every peer forgets it by reload, its data stays
+    # (volumes, the server under protection, TERRITORY_<CODE> handed to a remaining pod).
+    # The entry stays in `pods` for good: it holds the slot and the code, never reused.
+    retired: bool = False
 
     @field_validator("code")
     @classmethod
@@ -541,7 +545,14 @@ class StackConfig(Model):
             raise ConfigIssue(
                 "no pods", "list at least one pod: {code: dk, name: denmark, slot: 1}"
             )
-        if len(value) == 1:
+        active = [pod for pod in value if not pod.retired]
+        if len(active) == 1 and len(value) > 1:
+            raise ConfigIssue(
+                "one active pod left: it cannot keep the NATS cluster (JetStream needs routes"
+                " to a peer)",
+                "keep at least two pods active (add a pod before retiring another)",
+            )
+        if len(active) == 1:
             # Measured with nats-server 2.10: a cluster block without routes stops JetStream
             # ("JetStream cluster requires configured routes"), and a server started
             # without one cannot join a cluster later with its streams.
@@ -598,17 +609,19 @@ class StackConfig(Model):
     def _consistent(self) -> StackConfig:
         for field in ("code", "slot", "name"):
             _unique(self.pods, field)
-        if self.streams.global_replicas > len(self.pods):
+        active = self.active_pods
+        if self.streams.global_replicas > len(active):
             raise ConfigIssue(
-                f"GLOBAL_EVENTS cannot have more replicas than there are pods ({len(self.pods)})",
+                f"GLOBAL_EVENTS cannot have more replicas than there are active pods"
+                f" ({len(active)})",
                 "lower streams.globalReplicas or add pods",
                 key="streams.globalReplicas",
                 value=self.streams.global_replicas,
             )
-        codes = [pod.code for pod in self.pods]
+        codes = [pod.code for pod in active]
         if self.monitoring.host is not None and self.monitoring.host not in codes:
             raise ConfigIssue(
-                "monitoring.host must be the code of a pod",
+                "monitoring.host must be the code of an active pod",
                 f"use one of {', '.join(codes)}",
                 key="monitoring.host",
                 value=self.monitoring.host,
@@ -747,10 +760,19 @@ class StackConfig(Model):
         return found
 
     @property
+    def active_pods(self) -> list[Pod]:
+        """The pods that run: every pod not retired, in config order."""
+        return [pod for pod in self.pods if not pod.retired]
+
+    @property
+    def retired_pods(self) -> list[Pod]:
+        return [pod for pod in self.pods if pod.retired]
+
+    @property
     def monitoring_pod(self) -> Pod:
-        """The pod whose host runs monitoring and dev tools."""
-        code = self.monitoring.host or self.pods[0].code
-        return next(pod for pod in self.pods if pod.code == code)
+        """The pod whose host runs monitoring and dev tools (default: the first active)."""
+        code = self.monitoring.host or self.active_pods[0].code
+        return next(pod for pod in self.active_pods if pod.code == code)
 
 
 def _network(cidr: str, key: str) -> None:
@@ -770,13 +792,20 @@ def _unique(pods: list[Pod], field: str) -> None:
     for index, pod in enumerate(pods):
         value = getattr(pod, field)
         if value in first_index:
+            first = pods[first_index[value]]
             fix = (
                 "give the new pod the next free slot (slots are never reused)"
                 if field == "slot"
                 else f"every pod needs its own {field}"
             )
+            retired = first if first.retired else pod if pod.retired else None
+            owner = f"pods[{first_index[value]}]" + (
+                f"; pod {retired.code} is retired and its {field} stays taken for good"
+                if retired is not None
+                else ""
+            )
             raise ConfigIssue(
-                f"already used by pods[{first_index[value]}]",
+                f"already used by {owner}",
                 fix,
                 key=f"pods[{index}].{field}",
                 value=value,

@@ -34,7 +34,11 @@ def stream_configs(deployment: Deployment) -> list[dict[str, Any]]:
             "discard": "old",
         }
     ]
-    for pod in deployment.pods:
+    keeper = deployment.pods[0]
+    for pod in (*deployment.pods, *deployment.retired):
+        # A retired pod's stream stays, with all its messages, on the first active pod's
+        # server: changing its placement moves it there (JetStream's stream move).
+        home = keeper if pod in deployment.retired else pod
         streams.append(
             {
                 "name": territory_stream_name(pod),
@@ -47,7 +51,7 @@ def stream_configs(deployment: Deployment) -> list[dict[str, Any]]:
                 "max_bytes": -1,
                 "discard": "old",
                 # Keep a territory's data on its own pod's server.
-                "placement": {"tags": [pod.territory_tag]},
+                "placement": {"tags": [home.territory_tag]},
             }
         )
     return streams

@@ -390,9 +390,12 @@ class Deployment:
 
     config: StackConfig
     hosts: tuple[HostPlan, ...]
+    retired: tuple[PodPlan, ...] = ()
+    """Retired pods: nothing of theirs runs; their names, slot and data stay theirs."""
 
     @cached_property
     def pods(self) -> tuple[PodPlan, ...]:
+        """The active pods: everything the program deploys and every peer list."""
         return tuple(pod for host in self.hosts for pod in host.pods)
 
     @cached_property
@@ -415,8 +418,9 @@ def plan_deployment(config: StackConfig) -> Deployment:
     """Map pods onto hosts and check that no two services share a host port."""
     monitoring_code = config.monitoring_pod.code
     if config.layout == "single-host":
-        pods = tuple(PodPlan(pod, config, "local") for pod in config.pods)
+        pods = tuple(PodPlan(pod, config, "local") for pod in config.active_pods)
         hosts: tuple[HostPlan, ...] = (HostPlan("local", pods, True, config),)
+        retired = tuple(PodPlan(pod, config, "local") for pod in config.retired_pods)
     else:
         hosts = tuple(
             HostPlan(
@@ -426,11 +430,12 @@ def plan_deployment(config: StackConfig) -> Deployment:
                 config,
                 pod.host,
             )
-            for pod in config.pods
+            for pod in config.active_pods
         )
+        retired = tuple(PodPlan(pod, config, pod.code) for pod in config.retired_pods)
     for host in hosts:
         _check_ports(host)
-    return Deployment(config, hosts)
+    return Deployment(config, hosts, retired)
 
 
 def _check_ports(host: HostPlan) -> None:
