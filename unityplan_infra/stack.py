@@ -7,6 +7,8 @@ swarm, streams, monitoring and dev tools are placed the same way on whatever hos
 from __future__ import annotations
 
 import dataclasses
+import functools
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,12 @@ from unityplan_infra.render.nats import CLIENT_USER, CLUSTER_NAME
 from unityplan_infra.render.postgres import DB_OWNER, SYNAPSE_DATABASE
 from unityplan_infra.render.ssh import pinned_host_key_options
 from unityplan_infra.topology.plan import Deployment
+from unityplan_infra.topology.rollout import (
+    DEPLOYED_IMAGES,
+    ROLLED_SERVICES,
+    deployed_images,
+    waits_for,
+)
 
 REMOTE_CONFIG_ROOT = "/opt/unityplan"
 # The Docker provider opens an SSH session per API connection; sharing one master
@@ -95,15 +103,6 @@ def deploy(deployment: Deployment, *, stack: str) -> dict[str, Any]:
     }
 
     mesh_id = mesh.mesh_network.id if mesh.mesh_network else None
-    pods = {
-        pod.code: PodStack(
-            deployment, pod, host=hosts[pod.host], mesh=mesh.secrets, mesh_network=mesh_id
-        )
-        for pod in deployment.pods
-    }
-    if deployment.config.backups.enabled:
-        outputs["backupRepositoryPasswords"] = _backups(deployment, pods, hosts, exporters, mesh)
-    swarm = IpfsSwarm(deployment, pods=pods, hosts=hosts)
     first = deployment.pods[0]
     streams = NatsStreams(
         deployment,
@@ -113,8 +112,19 @@ def deploy(deployment: Deployment, *, stack: str) -> dict[str, Any]:
         # DOCKER-USER rules would not keep it from the metadata service); it reaches the
         # cluster on the host's WireGuard address through Docker's published port.
         network=mesh.mesh_network.name if mesh.mesh_network else "bridge",
-        servers=[pod.containers["nats"] for pod in pods.values()],
     )
+    rollout = Rollout(deployment, previous_outputs().apply(lambda o: o.get(DEPLOYED_IMAGES)))
+    pods: dict[str, PodStack] = {}
+    for plan in deployment.pods:
+        pods[plan.code] = PodStack(
+            deployment, plan, host=hosts[plan.host], mesh=mesh.secrets, mesh_network=mesh_id,
+            after=rollout.waits(plan.code),
+        )  # fmt: skip
+        rollout.done(plan.code, pods[plan.code], streams.gate(plan, pods[plan.code].containers["nats"]))
+    streams.apply([pod.containers["nats"] for pod in pods.values()])
+    if deployment.config.backups.enabled:
+        outputs["backupRepositoryPasswords"] = _backups(deployment, pods, hosts, exporters, mesh)
+    swarm = IpfsSwarm(deployment, pods=pods, hosts=hosts)
 
     monitoring_host = hosts[deployment.monitoring_host.name]
     config = deployment.config
@@ -177,7 +187,49 @@ def deploy(deployment: Deployment, *, stack: str) -> dict[str, Any]:
     }
     outputs["natsClientUser"] = CLIENT_USER
     outputs["natsClientPassword"] = mesh.secrets.nats_client_password
+    # What the next `up` compares its images with, to roll a change one pod at a time.
+    outputs[DEPLOYED_IMAGES] = deployed_images(deployment)
     return outputs
+
+
+def previous_outputs() -> pulumi.Output[dict[str, Any]]:
+    """This stack's outputs as the previous `up` left them (empty before the first one).
+
+    A stack reference to the stack itself: the engine reads the outputs from the backend's
+    last checkpoint, before this update changes them.
+    """
+    name = f"{pulumi.get_organization()}/{pulumi.get_project()}/{pulumi.get_stack()}"
+    reference = pulumi.StackReference("previous-outputs", stack_name=name)
+    return reference.outputs.apply(lambda outputs: dict(outputs or {}))
+
+
+class Rollout:
+    """Rolling upgrades while pods are registered: what each pod's containers wait for.
+
+    For NATS, PostgreSQL and Redis, a pod whose container a new image replaces waits for the
+    pod before it in the rollout (topology/rollout.py): for NATS, that server's gate (back
+    and JetStream-current); for the others, its container (created only once healthy).
+    """
+
+    def __init__(self, deployment: Deployment, previous: pulumi.Output[Any]) -> None:
+        self._deployment, self._previous = deployment, previous
+        self._ready: dict[tuple[str, str], pulumi.Resource] = {}
+
+    def waits(self, code: str) -> dict[str, pulumi.Output[Sequence[pulumi.Resource]]]:
+        return {
+            service: self._previous.apply(functools.partial(self._wait, service, code))
+            for service in ROLLED_SERVICES
+        }
+
+    def _wait(self, service: str, code: str, previous: Any) -> list[pulumi.Resource]:
+        before = waits_for(self._deployment, previous, service, code)
+        return [] if before is None else [self._ready[(service, before)]]
+
+    def done(self, code: str, pod: PodStack, nats_gate: pulumi.Resource) -> None:
+        """What marks pod `code`'s services back, for the pods after it."""
+        self._ready[("nats", code)] = nats_gate
+        for service in ("postgres", "redis"):
+            self._ready[(service, code)] = pod.containers[service]
 
 
 def _single_host(deployment: Deployment, stack: str) -> tuple[dict[str, HostAccess], MeshNetwork]:

@@ -230,6 +230,6 @@ def test_a_new_mesh_subnet_replaces_the_network_and_its_containers_only() -> Non
     assert commands == {
         f"{code}-{job}" for code in ("dk", "no", "se")
         for job in ("postgres-databases", "ipfs-peering", "synapse-config")
-    } | {"prometheus-config"}  # fmt: skip
+    } | {"prometheus-config"} | {f"nats-gate-{code}" for code in ("dk", "no", "se")}  # fmt: skip
     assert by_type == {}  # no volume, image or other network
     assert all(step == "replace" for step in changed.values()), changed

@@ -41,6 +41,7 @@ __all__ = ["Graph", "Resource", "is_secret", "run_program", "unwrap"]
 ROOT = Path(__file__).resolve().parents[2]
 MAIN = ROOT / "__main__.py"
 STACK_TYPE = "pulumi:pulumi:Stack"
+STACK_REFERENCE_TYPE = "pulumi:pulumi:StackReference"
 CONTAINER_TYPE = engine.CONTAINER
 NETWORK_TYPE = engine.NETWORK
 
@@ -206,6 +207,8 @@ class GraphMocks(pulumi.runtime.Mocks):
     def __init__(self, prior: Graph | None = None) -> None:
         self._local = threading.local()
         self._prior = {(r.type, r.name): r for r in prior.resources} if prior else {}
+        # What a stack reference to this very stack reads: the prior run's exports.
+        self._stack_outputs = dict(prior.exports) if prior else {}
 
     def _answers(self) -> dict[tuple[str, str], tuple[dict[str, Any], dict[str, Any]]]:
         answers: dict[tuple[str, str], tuple[dict[str, Any], dict[str, Any]]] | None
@@ -220,6 +223,9 @@ class GraphMocks(pulumi.runtime.Mocks):
         self._local.replace_on_changes = replace_on_changes
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
+        if args.typ == STACK_REFERENCE_TYPE:  # a read, not a registration: nothing recorded
+            name = args.resource_id or args.inputs.get("name", args.name)
+            return name, {"name": name, "outputs": self._stack_outputs, "secretOutputNames": []}
         inputs = dict(args.inputs)
         old = self._prior.get((args.typ, args.name))
         if old is not None:
@@ -293,6 +299,19 @@ class RecordingMonitor(MockMonitor):
             replace_on_changes=list(request.replaceOnChanges),
             protect=bool(request.protect),
         )
+        with self._lock:
+            self.graph.resources.append(resource)
+        return response
+
+    def ReadResource(self, request: Any) -> Any:
+        """A read (the stack reference to itself): recorded as a resource that waits for
+        nothing, so graphs that follow edges know it."""
+        response = super().ReadResource(request)  # type: ignore[no-untyped-call]
+        resource = Resource(
+            type=request.type, name=request.name, inputs={}, outputs={}, id=request.id,
+            urn=response.urn, custom=True, provider=request.provider or None, dependencies=[],
+            property_dependencies={}, delete_before_replace=False, retain_on_delete=False,
+        )  # fmt: skip
         with self._lock:
             self.graph.resources.append(resource)
         return response

@@ -40,6 +40,10 @@ PODS = [
     {"code": "se", "name": "sweden", "slot": 3},
 ]
 
+FINLAND_RETIRED = {"code": "fi", "name": "finland", "slot": 4, "retired": True}
+ICELAND = {"code": "is", "name": "iceland", "slot": 5}
+ONE_ACTIVE = [{**PODS[0], "retired": True}, {**PODS[1], "retired": True}, PODS[2]]
+
 # (case id, config values, key named in the error, value shown in the error)
 BAD = [
     ("unknown key", set_key("colour", "blue"), "colour", "'blue'"),
@@ -47,6 +51,19 @@ BAD = [
     ("unknown pod key", with_pods([{**PODS[0], "zone": "x"}]), "pods[0].zone", "'x'"),
     ("duplicate code", with_pods([PODS[0], {**PODS[1], "code": "dk"}]), "pods[1].code", "'dk'"),
     ("duplicate slot", with_pods([PODS[0], {**PODS[1], "slot": 1}]), "pods[1].slot", "1"),
+    # A retired pod keeps its slot and code for good: a new pod cannot take either.
+    ("retired slot reused", with_pods([*PODS, FINLAND_RETIRED, {**ICELAND, "slot": 4}]),
+     "pods[4].slot", "4"),
+    ("retired code reused", with_pods([*PODS, FINLAND_RETIRED, {**ICELAND, "code": "fi"}]),
+     "pods[4].code", "'fi'"),
+    ("retired not a bool", with_pods([{**PODS[0], "retired": "soon"}, *PODS[1:]]),
+     "pods[0].retired", "'soon'"),
+    ("one active pod left", with_pods(ONE_ACTIVE), "pods", str(ONE_ACTIVE)),
+    ("monitoring on a retired pod", {**with_pods([{**PODS[0], "retired": True}, *PODS[1:],
+     ICELAND]),
+     f"{NS}:monitoring": {"host": "dk"}}, "monitoring.host", "'dk'"),
+    ("replicas above active pods", {**with_pods([{**PODS[0], "retired": True}, *PODS[1:]])},
+     "streams.globalReplicas", "3"),
     ("uppercase code", with_pods([{**PODS[0], "code": "DK"}]), "pods[0].code", "'DK'"),
     ("code with digit", with_pods([{**PODS[0], "code": "d1"}]), "pods[0].code", "'d1'"),
     ("Norway as false", with_pods([{**PODS[0], "code": False}]), "pods[0].code", "False"),

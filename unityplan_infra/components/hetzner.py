@@ -106,7 +106,11 @@ class HetznerHosts(pulumi.ComponentResource):
         self.servers = {}
         self.remote_hosts = {}
         self.host_keys: dict[str, pulumi.Output[str]] = {}
-        hcloud_hosts = [host for host in deployment.hosts if host.is_hcloud]
+        # A retired pod's server stays, with its data, as long as it is protected; only
+        # `protect: false` on a retired pod lets the program delete it (README).
+        kept = [host for host in deployment.retired_hosts
+                if isinstance(host.spec, HcloudHost) and host.spec.protect]  # fmt: skip
+        hcloud_hosts = [host for host in (*deployment.hosts, *kept) if host.is_hcloud]
         if hcloud_hosts:
             assert config.hetzner is not None  # guaranteed by StackConfig validation
             settings = config.hetzner

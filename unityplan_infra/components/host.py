@@ -285,6 +285,7 @@ def container(
     volumes: Sequence[tuple[docker.Volume, str]] = (),
     binds: Sequence[Bind | tuple[pulumi.Input[str], str]] = (),
     depends_on: Sequence[pulumi.Resource] = (),
+    after: pulumi.Output[Sequence[pulumi.Resource]] | None = None,
     pid_mode: str | None = None,
     privileged: bool | None = None,
     resource_name: str | None = None,
@@ -308,7 +309,13 @@ def container(
 
     `network_mode="host"`: the container shares the host's network namespace; it publishes
     no ports and joins no network (Docker refuses both), and listens where its command says.
+
+    `after`: more resources to wait for, known only once an output resolves (a rolling
+    upgrade's previous pod, topology/rollout.py).
     """
+    waits: pulumi.Input[Sequence[pulumi.Input[pulumi.Resource]]] = [*host.ready, *depends_on]
+    if after is not None:
+        waits = after.apply(lambda extra: [*host.ready, *depends_on, *extra])
     if network_mode == "host" and (bindings or networks):
         raise ValueError(f"{name}: a host-network container publishes no ports, joins no network")
     mounts = [_bind(spec) for spec in binds]
@@ -375,7 +382,7 @@ def container(
         opts=pulumi.ResourceOptions(
             parent=parent,
             provider=host.docker_provider,
-            depends_on=[*host.ready, *depends_on],
+            depends_on=waits,
             delete_before_replace=True,
             # The provider's update ignores the healthcheck (it changes state, not Docker):
             # a new healthcheck only takes effect in a new container.

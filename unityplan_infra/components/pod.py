@@ -8,7 +8,7 @@ changes never replace a container.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import pulumi
 import pulumi_docker as docker
@@ -80,9 +80,13 @@ class PodStack(pulumi.ComponentResource):
         host: HostAccess,
         mesh: MeshSecrets,
         mesh_network: pulumi.Input[str] | None,
+        after: Mapping[str, pulumi.Output[Sequence[pulumi.Resource]]] | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
+        """`after`: by service (nats, postgres, redis), what its container waits for besides
+        its own files: in a rolling upgrade, the previous pod's (topology/rollout.py)."""
         super().__init__("unityplan:infra:PodStack", f"pod-{pod.code}", None, opts)
+        after = after or {}
         self._deployment, self._pod, self._host = deployment, pod, host
         self.endpoints = pod.endpoints()
         images = deployment.config.images
@@ -155,6 +159,7 @@ class PodStack(pulumi.ComponentResource):
                 volumes=[(postgres_volume, "/var/lib/postgresql/data")],
                 binds=[(host.path(f"pods/{code}/postgres-init"), "/docker-entrypoint-initdb.d")],
                 depends_on=[init_file, major_guard],
+                after=after.get("postgres"),
             ),
         )  # fmt: skip
         # The initdb script runs only on an empty volume; running it on every deploy (it is
@@ -186,6 +191,7 @@ class PodStack(pulumi.ComponentResource):
                 command_args=redis_render.COMMAND,
                 healthcheck=redis_render.HEALTHCHECK,
                 volumes=[(self._volume("redis"), "/data")],
+                after=after.get("redis"),
             ),
         )  # fmt: skip
 
@@ -218,6 +224,7 @@ class PodStack(pulumi.ComponentResource):
                 volumes=[(self._volume("nats"), "/data")],
                 binds=[(host.path(f"pods/{code}/nats"), "/config")],
                 depends_on=[nats_file],
+                after=after.get("nats"),
             ),
         )  # fmt: skip
 

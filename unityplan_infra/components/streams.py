@@ -18,12 +18,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import pulumi
+import pulumi_docker as docker
 
 from unityplan_infra.components.host import HostAccess, sha256
 from unityplan_infra.nats.streams import stream_configs
 from unityplan_infra.render.nats import CLIENT_USER
 from unityplan_infra.render.stream_job import JOB_FILE, build_stream_job
-from unityplan_infra.topology.plan import Deployment
+from unityplan_infra.topology.plan import Deployment, PodPlan
 
 JOB_DIR = "jobs/streams"
 
@@ -37,7 +38,11 @@ def job_command(image: str, job_dir: str, network: str) -> str:
 
 
 class NatsStreams(pulumi.ComponentResource):
-    """GLOBAL_EVENTS and one TERRITORY_<CODE> per pod."""
+    """GLOBAL_EVENTS and one TERRITORY_<CODE> per pod, and the rollout gate of each server.
+
+    Built before the pods (the job file), finished after them: `gate` once per pod, then
+    `apply` once, which registers the outputs.
+    """
 
     definitions: list[dict[str, Any]]
 
@@ -48,37 +53,59 @@ class NatsStreams(pulumi.ComponentResource):
         host: HostAccess,
         client_password: pulumi.Output[str],
         network: pulumi.Input[str],
-        servers: Sequence[pulumi.Resource],
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("unityplan:infra:NatsStreams", "nats-streams", None, opts)
+        self._deployment, self._host, self._password = deployment, host, client_password
         self.definitions = stream_configs(deployment)
-        first = deployment.pods[0]
-        url = "nats://{}:{}".format(*first.nats_client)
-        job = build_stream_job()
-        job_file = host.config_file(
+        self._job = build_stream_job()
+        self._job_file = host.config_file(
             "nats-streams-job", f"{JOB_DIR}/{JOB_FILE}",
-            base64.b64encode(job.archive).decode(), parent=self, base64_stdin=True,
+            base64.b64encode(self._job.archive).decode(), parent=self, base64_stdin=True,
         )  # fmt: skip
-        spec = client_password.apply(
-            lambda secret: json.dumps(
-                {"url": url, "user": CLIENT_USER, "password": secret,
-                 "streams": self.definitions}
+        self._command = pulumi.Output.all(host.path(JOB_DIR), network).apply(
+            lambda values: job_command(deployment.config.images.stream_job, *values)
+        )
+
+    def _spec(self, **fields: Any) -> pulumi.Output[str]:
+        url = "nats://{}:{}".format(*self._deployment.pods[0].nats_client)
+        return pulumi.Output.secret(
+            self._password.apply(
+                lambda secret: json.dumps(
+                    {"url": url, "user": CLIENT_USER, "password": secret, **fields}
+                )
             )
-        )  # fmt: skip
-        self.job = host.run(
+        )
+
+    def gate(self, pod: PodPlan, server: docker.Container) -> pulumi.Resource:
+        """Runs after `pod`'s NATS container is created or replaced, until that server is
+        back and JetStream-current (nats/apply_streams.py, gate mode). In a rolling upgrade
+        the next pod's server waits for it (topology/rollout.py)."""
+        gate = {"server": pod.nats_server_name, "url": "nats://{}:{}".format(*pod.nats_client)}
+        return self._host.run(
+            f"nats-gate-{pod.code}",
+            create=self._command,
+            stdin=self._spec(gate=gate),
+            # Again whenever the container is new: a replaced server must prove itself.
+            triggers=[server.id, hashlib.sha256(self._job.archive).hexdigest()],
+            parent=self,
+            depends_on=[self._job_file, server],
+        )
+
+    def apply(self, servers: Sequence[pulumi.Resource]) -> None:
+        """Create or update the streams once every server exists; hand a retired pod's
+        stream replicas over to the remaining servers."""
+        self.job = self._host.run(
             "nats-streams-apply",
-            create=pulumi.Output.all(host.path(JOB_DIR), network).apply(
-                lambda values: job_command(deployment.config.images.stream_job, *values)
-            ),
-            stdin=pulumi.Output.secret(spec),
+            create=self._command,
+            stdin=self._spec(streams=self.definitions),
             triggers=[
                 sha256(json.dumps(self.definitions, sort_keys=True)),
-                hashlib.sha256(job.archive).hexdigest(),
+                hashlib.sha256(self._job.archive).hexdigest(),
             ],
             parent=self,
-            depends_on=[job_file, *servers],
+            depends_on=[self._job_file, *servers],
         )
         self.register_outputs(
-            {"streams": [s["name"] for s in self.definitions], "natsPy": job.nats_py_version}
+            {"streams": [s["name"] for s in self.definitions], "natsPy": self._job.nats_py_version}
         )

@@ -399,6 +399,15 @@ class Deployment:
         return tuple(pod for host in self.hosts for pod in host.pods)
 
     @cached_property
+    def retired_hosts(self) -> tuple[HostPlan, ...]:
+        """Multi-host: the servers of retired pods, which run nothing and keep their data."""
+        if self.config.layout != "multi-host":
+            return ()
+        return tuple(
+            HostPlan(pod.code, (pod,), False, self.config, pod.pod.host) for pod in self.retired
+        )
+
+    @cached_property
     def hosts_by_name(self) -> dict[str, HostPlan]:
         return {host.name: host for host in self.hosts}
 
