@@ -188,15 +188,19 @@ def deploy(deployment: Deployment, *, stack: str) -> dict[str, Any]:
     outputs["natsClientUser"] = CLIENT_USER
     outputs["natsClientPassword"] = mesh.secrets.nats_client_password
     # What the next `up` compares its images with, to roll a change one pod at a time.
-    outputs[DEPLOYED_IMAGES] = deployed_images(deployment)
+    outputs[DEPLOYED_IMAGES] = rollout.deployed()
     return outputs
 
 
 def previous_outputs() -> pulumi.Output[dict[str, Any]]:
     """This stack's outputs as the previous `up` left them (empty before the first one).
 
-    A stack reference to the stack itself: the engine reads the outputs from the backend's
-    last checkpoint, before this update changes them.
+    A stack reference to the stack itself, read by the engine as a Read step (in previews
+    too) from the backend's last checkpoint. The engine finalises the stack's own outputs
+    only at the end of an update, so the read sees the previous update's. A stack that
+    `pulumi stack init` created but no `up` has touched reads as empty (pulumi/pulumi
+    pkg/backend/diy/state.go, getSnapshotStackOutputs); the DIY backend's organization is
+    the constant "organization".
     """
     name = f"{pulumi.get_organization()}/{pulumi.get_project()}/{pulumi.get_stack()}"
     reference = pulumi.StackReference("previous-outputs", stack_name=name)
@@ -213,7 +217,7 @@ class Rollout:
 
     def __init__(self, deployment: Deployment, previous: pulumi.Output[Any]) -> None:
         self._deployment, self._previous = deployment, previous
-        self._ready: dict[tuple[str, str], pulumi.Resource] = {}
+        self._ready: dict[tuple[str, str], pulumi.CustomResource] = {}
 
     def waits(self, code: str) -> dict[str, pulumi.Output[Sequence[pulumi.Resource]]]:
         return {
@@ -225,11 +229,30 @@ class Rollout:
         before = waits_for(self._deployment, previous, service, code)
         return [] if before is None else [self._ready[(service, before)]]
 
-    def done(self, code: str, pod: PodStack, nats_gate: pulumi.Resource) -> None:
+    def done(self, code: str, pod: PodStack, nats_gate: pulumi.CustomResource) -> None:
         """What marks pod `code`'s services back, for the pods after it."""
         self._ready[("nats", code)] = nats_gate
         for service in ("postgres", "redis"):
             self._ready[(service, code)] = pod.containers[service]
+
+    def deployed(self) -> dict[str, dict[str, pulumi.Output[str]]]:
+        """`deployedImages`, each image known only once its pod's service is back.
+
+        If an `up` fails part-way, the engine keeps the previous value of an output the
+        program could not resolve: a pod whose gate failed is still "on the old image" for
+        the next `up`, which then rolls it (and the pods after it) again.
+        """
+        return {
+            service: {
+                code: self._ready[(service, code)].id.apply(functools.partial(_constant, image))
+                for code, image in images.items()
+            }
+            for service, images in deployed_images(self._deployment).items()
+        }
+
+
+def _constant(value: str, _resolved: object) -> str:
+    return value
 
 
 def _single_host(deployment: Deployment, stack: str) -> tuple[dict[str, HostAccess], MeshNetwork]:

@@ -77,7 +77,7 @@ class NatsStreams(pulumi.ComponentResource):
             )
         )
 
-    def gate(self, pod: PodPlan, server: docker.Container) -> pulumi.Resource:
+    def gate(self, pod: PodPlan, server: docker.Container) -> pulumi.CustomResource:
         """Runs after `pod`'s NATS container is created or replaced, until that server is
         back and JetStream-current (nats/apply_streams.py, gate mode). In a rolling upgrade
         the next pod's server waits for it (topology/rollout.py)."""
