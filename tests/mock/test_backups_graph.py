@@ -16,6 +16,7 @@ from tests.support.mocks import CONTAINER_TYPE, Graph, Resource, run_program, un
 from tests.support.secret_values import is_secret
 from tests.support.stackfile import as_pulumi_config, stack_values
 from unityplan_infra.backup.run import BackupSpec
+from unityplan_infra.config.models import Images
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -117,7 +118,7 @@ def test_the_job_image_is_built_once_per_host(stack: str) -> None:
     hosts = 1 if stack == "dev" else 3
     assert len(builds) == hosts
     dockerfile = str(unwrap(builds[0].inputs["stdin"]))
-    assert dockerfile.splitlines()[2] == "FROM postgres:16.6-bookworm"  # the pods' own
+    assert dockerfile.splitlines()[2] == f"FROM {Images().postgres}"  # the pods' own
     images = [r for r in g.of_type(REMOTE_IMAGE)
               if str(r.inputs["name"]).startswith("unityplan/backup-tools:")]  # fmt: skip
     assert len(images) == hosts

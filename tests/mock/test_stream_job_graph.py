@@ -11,6 +11,7 @@ import pytest
 
 from tests.support.mocks import Graph, run_program, unwrap
 from tests.support.stackfile import stack_config
+from unityplan_infra.config.models import Images
 from unityplan_infra.render.stream_job import JOB_FILE, build_stream_job
 
 
@@ -24,7 +25,7 @@ def test_job_runs_the_shipped_archive_and_downloads_nothing(stack: str) -> None:
     job = graph(stack).named("nats-streams-apply")
     command = unwrap(job.inputs["create"])
     assert f"python /job/{JOB_FILE}" in command
-    assert "python:3.12.8-slim-bookworm" in command
+    assert Images().stream_job in command
     for download in ("pip", "curl", "wget", "http"):
         assert download not in command, command
     archive = build_stream_job().archive

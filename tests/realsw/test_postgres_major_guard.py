@@ -22,6 +22,7 @@ from tests.support.mocks import run_program
 from tests.support.postgres import PG_BIN, Cluster, as_postgres
 from tests.support.stackfile import as_pulumi_config, stack_values
 from unityplan_infra.config.errors import ConfigError
+from unityplan_infra.config.models import Images
 from unityplan_infra.deployment import load_deployment
 from unityplan_infra.render.postgres_major import guard_command, postgres_major
 
@@ -106,7 +107,7 @@ def test_every_pod_is_guarded_before_its_postgresql_is_replaced() -> None:
         (postgres,) = [r for r in graph.resources
                        if r.inputs.get("name") == f"service-postgres-{code}"]  # fmt: skip
         assert guard.urn in graph.ancestors(postgres)
-        assert guard.inputs["triggers"] == ["postgres:16.6-bookworm"]  # re-runs on a new image
+        assert guard.inputs["triggers"] == [Images().postgres]  # re-runs on a new image
         assert f"pod-{code}-postgres-data:/data" in guard.inputs["create"]
 
 

