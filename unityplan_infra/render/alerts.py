@@ -6,7 +6,9 @@ of the series it comes from (`pod`/`territory` for pod exporters, `host` for hos
 exporters); its annotations are a `summary` and a `runbook` hint drawn from the reference
 guide's Troubleshooting section.
 
-Metric names are those of the exporters the program runs, read in their sources:
+Metric names are those of the exporters the program runs, read in their sources (first at
+the versions named below, checked again at the current defaults: nats-exporter 0.20.1,
+postgres-exporter v0.20.1, redis_exporter v1.88.0, node-exporter v1.12.1):
 
 - nats `natsio/prometheus-nats-exporter:0.16.0` with `-jsz=all` (collector/jsz.go): one
   `jetstream_server_*` series per server (labels `server_name`, `cluster`, `meta_leader`,
@@ -18,7 +20,7 @@ Metric names are those of the exporters the program runs, read in their sources:
   `gnatsd_varz_*` gauges keep their last value when the server stops answering, so they
   cannot tell a dead server; the `jetstream_*` series disappear instead. Route counts are
   no cluster size either: nats-server 2.10 pools routes (8 route connections in a healthy
-  cluster of three, measured).
+  cluster of three, measured on 2.10).
 - `postgres-exporter:v0.16.0`: `pg_up`, `pg_stat_activity_count` (by `datname`, `state`,
   `usename`, `application_name`, `server`), `pg_settings_max_connections` (`server`).
 - `redis_exporter:v1.67.0`: `redis_up`, `redis_memory_used_bytes` (INFO used_memory),
