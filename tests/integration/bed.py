@@ -148,6 +148,7 @@ class MeshBed:
     values: dict[str, Any]  # the stack's config values, as in Pulumi.<stack>.yaml
     route_password: str
     client_password: str
+    system_password: str = "mesh-bed-system"  # the system account's user (render/nats.py)
     private_keys: dict[str, str] = field(default_factory=dict)  # by host name
     wireguard: dict[str, Background] = field(default_factory=dict)
     servers: dict[str, Background] = field(default_factory=dict)  # nats-server by pod code
@@ -192,11 +193,12 @@ class MeshBed:
         pod = self.deployment.pod(code)
         store = str(self.directory(code, "jetstream"))
         config = nats_config(self.deployment, pod, route_password=self.route_password,
-                             client_password=self.client_password, store_dir=store)  # fmt: skip
+                             client_password=self.client_password,
+                             system_password=self.system_password, store_dir=store)  # fmt: skip
         # Same serialisation as the program's renderer; the store path is the only change.
         rendered = json.loads(render_nats_config(
             self.deployment, pod, route_password=self.route_password,
-            client_password=self.client_password,
+            client_password=self.client_password, system_password=self.system_password,
         ))  # fmt: skip
         if {**config, "jetstream": {**config["jetstream"], "store_dir": STORE_DIR}} != rendered:
             raise AssertionError(f"nats_config of {code} differs from the rendered file")

@@ -47,6 +47,7 @@ SPARE = {"code": "fi", "name": "finland", "slot": 4}  # a pod that joins late
 # URL-special characters: the renderer must percent-encode the password in route URLs.
 ROUTE_PASSWORD = "r0ute:p@ss/w%rd?#"
 CLIENT_PASSWORD = f"client-{uuid.uuid4().hex}"
+SYSTEM_PASSWORD = f"system-{uuid.uuid4().hex}"
 FORM_SECONDS = 30.0
 
 # Helper programs run with the venv's python inside a namespace (nats-py is installed there).
@@ -192,7 +193,7 @@ def cluster(
         directory = tmp_path_factory.mktemp(f"nats-{pod.code}")
         config = nats_config(
             deployment, pod, route_password=ROUTE_PASSWORD, client_password=CLIENT_PASSWORD,
-            store_dir=str(directory / "jetstream"),
+            system_password=SYSTEM_PASSWORD, store_dir=str(directory / "jetstream"),
         )  # fmt: skip
         path = directory / "nats.json"
         path.write_text(json.dumps(config, indent=2))
@@ -369,7 +370,8 @@ def test_server_with_wrong_route_password_cannot_join(
     directory = tmp_path_factory.mktemp("nats-rogue")
     config = nats_config(
         cluster.deployment, pod, route_password="not-the-route-password",
-        client_password=CLIENT_PASSWORD, store_dir=str(directory / "jetstream"),
+        client_password=CLIENT_PASSWORD, system_password=SYSTEM_PASSWORD,
+        store_dir=str(directory / "jetstream"),
     )  # fmt: skip
     config |= {"server_name": "rogue", "port": 4299, "http_port": 8299,
                "client_advertise": f"{pod.nats_host}:4299"}  # fmt: skip
@@ -416,7 +418,7 @@ def test_stream_job_waits_for_a_new_pods_server_and_reports_as_it_goes(
     directory = tmp_path_factory.mktemp("nats-fi")
     config = nats_config(
         grown, fi, route_password=ROUTE_PASSWORD, client_password=CLIENT_PASSWORD,
-        store_dir=str(directory / "jetstream"),
+        system_password=SYSTEM_PASSWORD, store_dir=str(directory / "jetstream"),
     )  # fmt: skip
     (directory / "nats.json").write_text(json.dumps(config, indent=2))
     server = cluster.lab.spawn("fi", ["nats-server", "-c", str(directory / "nats.json")],
@@ -446,7 +448,7 @@ def test_one_pod_cannot_run_jetstream_which_is_why_config_needs_two(tmp_path: Pa
     deployment = dev_deployment()
     config = nats_config(
         deployment, deployment.pods[0], route_password="r", client_password="c",
-        store_dir=str(tmp_path / "jetstream"),
+        system_password="s", store_dir=str(tmp_path / "jetstream"),
     )  # fmt: skip
     config["cluster"]["routes"] = []  # what a deployment of this one pod renders
     config |= {"port": 14222, "http_port": 18222, "client_advertise": "127.0.0.1:14222"}

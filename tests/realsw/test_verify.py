@@ -43,6 +43,7 @@ REPO = Path(__file__).resolve().parents[2]
 ONLY = "postgres,redis,nats,prometheus"
 HOST = "dock"  # the emulated Docker host
 SCRAPE = "1s"
+SYSTEM_PASSWORD = "verify-system-password"  # render/nats.py's system user; verify never uses it
 
 
 @dataclass
@@ -155,7 +156,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
                 config = nats_config(
                     deployment, pod, route_password=route_password,
                     client_password=outputs["natsClientPassword"],
-                    store_dir=str(directory / "jetstream"),
+                    system_password=SYSTEM_PASSWORD, store_dir=str(directory / "jetstream"),
                 )  # fmt: skip
                 directory.mkdir()
                 nats_configs[pod.code] = directory / "nats.json"

@@ -1,15 +1,21 @@
-"""A 3-node JetStream cluster on loopback, from the program's own NATS configs.
+"""A JetStream cluster on loopback, from the program's own NATS configs (one server per
+active pod of a deployment: the dev stack's three by default).
 
 Why: the backup code is a nats-py client that runs in the test process itself (asyncio), so
 the servers must be reachable from the root namespace. Each server runs the dev stack's
 rendered config (`render/nats.py`: server name `service-nats-<code>`, territory tags,
-users, `sync_interval: always`, ping settings, cluster name and route credentials)
-with only the network bits rebound: every listener on 127.0.0.1 and a free port, routes and
-advertise addresses pointing there instead of the Docker names. The streams come from the
-program's stream definitions, created by the program's own stream job code.
+users of the global and the system account, `sync_interval: always`, ping settings, cluster
+name and route credentials) with only the network bits rebound: every listener on 127.0.0.1
+and a free port, routes (to the deployment's peers, as rendered) and advertise addresses
+pointing there instead of the Docker names. The streams come from the program's stream
+definitions, created by the program's own stream job code.
 
     with JetStreamBed(workdir) as bed:
         nc = await nats.connect(bed.url("dk"), user=bed.user, password=bed.password)
+
+A deployment can change under a running bed, as `pulumi up` changes it: `use_deployment`
+renders every active pod's config again (a new pod gets ports and a directory), `reload`
+sends SIGHUP, `start_server` starts a new one, `forget` drops a stopped (retired) one.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -33,11 +40,12 @@ from nats.aio.client import Client
 from tests.support.deployments import dev_deployment
 from unityplan_infra.nats.apply_streams import ensure_streams
 from unityplan_infra.nats.streams import stream_configs
-from unityplan_infra.render.nats import CLIENT_USER, nats_config
+from unityplan_infra.render.nats import CLIENT_USER, SYSTEM_USER, nats_config
 from unityplan_infra.topology.plan import Deployment
 
 LOOPBACK = "127.0.0.1"
 STOP_GRACE = 5.0
+RELOADED = "Reloaded server configuration"  # nats-server's log line after a good SIGHUP
 
 
 def free_ports(count: int) -> list[int]:
@@ -85,23 +93,76 @@ class BedServer:
 class JetStreamBed:
     """The dev stack's NATS servers on loopback; see the module doc."""
 
-    def __init__(self, workdir: Path, deployment: Deployment | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        deployment: Deployment | None = None,
+        *,
+        system_account: bool = True,
+        binary: str | Path | None = None,
+    ) -> None:
+        """`system_account`: the config as rendered, with the system account's user; False
+        leaves that account out (the config as it was before the program retired servers).
+        `binary`: the nats-server every server runs (default: the one on PATH, the venv's)."""
         self.workdir = workdir
         self.deployment = deployment or dev_deployment()
         self.user = CLIENT_USER
         self.password = f"client-{uuid.uuid4().hex}"
         self.route_password = f"route-{uuid.uuid4().hex}"
-        ports = free_ports(3 * len(self.deployment.pods))
+        self.system_user = SYSTEM_USER
+        self.system_password = f"system-{uuid.uuid4().hex}"
+        self.system_account = system_account
+        self.binary = str(binary or shutil.which("nats-server") or "nats-server")
         self.servers: dict[str, BedServer] = {}
-        for index, pod in enumerate(self.deployment.pods):
+        self._add_servers()
+        for pod in self.deployment.pods:
+            self._write_config(pod.code)
+
+    def _add_servers(self) -> list[str]:
+        """A BedServer (free ports, a directory) for each active pod that has none yet."""
+        new = [pod for pod in self.deployment.pods if pod.code not in self.servers]
+        ports = free_ports(3 * len(new))
+        for index, pod in enumerate(new):
             client, cluster, monitor = ports[3 * index : 3 * index + 3]
-            directory = workdir / f"nats-{pod.code}"
+            directory = self.workdir / f"nats-{pod.code}"
             directory.mkdir(parents=True, exist_ok=True)
             self.servers[pod.code] = BedServer(
                 pod.code, pod.nats_server_name, client, cluster, monitor, directory
             )
-        for pod in self.deployment.pods:
+        return [pod.code for pod in new]
+
+    def use_deployment(self, deployment: Deployment) -> list[str]:
+        """Render every active pod's config from `deployment` (routes to its peers only);
+        new pods get a server (not started). Returns the new pods' codes. Running servers
+        read their new config on `reload`. A retired pod's server keeps its old config
+        until `forget`."""
+        self.deployment = deployment
+        added = self._add_servers()
+        for pod in deployment.pods:
             self._write_config(pod.code)
+        return added
+
+    def reload(self, code: str, timeout: float = 10.0) -> None:
+        """SIGHUP, and wait for the server to log that it reloaded its config."""
+        server = self.servers[code]
+        if server.process is None or not server.running():
+            raise RuntimeError(f"nats-server {code} is not running")
+        before = self.log_text(code).count(RELOADED)
+        server.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while self.log_text(code).count(RELOADED) <= before:
+            if time.monotonic() > deadline or not server.running():
+                raise RuntimeError(f"{code} did not reload:\n{self.log_text(code)[-3000:]}")
+            time.sleep(0.05)
+
+    def forget(self, code: str) -> None:
+        """Drop a (stopped) server from the bed, as the program forgets a retired pod."""
+        self.stop_server(code)
+        del self.servers[code]
+
+    def log_text(self, code: str) -> str:
+        log = self.servers[code].log_file
+        return log.read_text(errors="replace") if log.exists() else ""
 
     # --- lifecycle -----------------------------------------------------------------------
     def __enter__(self) -> Self:
@@ -132,8 +193,11 @@ class JetStreamBed:
         pod = self.deployment.pod(code)
         config: dict[str, Any] = nats_config(
             self.deployment, pod, route_password=self.route_password,
-            client_password=self.password, store_dir=str(server.store_dir),
+            client_password=self.password, system_password=self.system_password,
+            store_dir=str(server.store_dir),
         )  # fmt: skip
+        if not self.system_account:
+            del config["accounts"]
         # The only changes: loopback listeners on free ports instead of Docker names.
         config["host"] = LOOPBACK
         config["port"] = server.client_port
@@ -145,12 +209,17 @@ class JetStreamBed:
         cluster["port"] = server.cluster_port
         cluster["advertise"] = f"{LOOPBACK}:{server.cluster_port}"
         user = cluster["authorization"]["user"]
+        peers = self.deployment.peers(pod)
+        if len(cluster["routes"]) != len(peers):
+            raise AssertionError(f"{code}: routes {cluster['routes']} are not one per peer")
         cluster["routes"] = [
-            f"nats://{user}:{self.route_password}@{LOOPBACK}:{peer.cluster_port}"
-            for peer in self.servers.values()
-            if peer.code != code
+            f"nats://{user}:{self.route_password}@{LOOPBACK}:{self.servers[peer.code].cluster_port}"
+            for peer in peers
         ]
-        server.config_file.write_text(json.dumps(config, indent=2))
+        # Written whole, then renamed: a reload never reads half a file.
+        staged = server.config_file.with_suffix(".tmp")
+        staged.write_text(json.dumps(config, indent=2))
+        staged.replace(server.config_file)
 
     def start_server(self, code: str) -> None:
         server = self.servers[code]
@@ -159,7 +228,7 @@ class JetStreamBed:
         log = server.log_file.open("ab")
         try:
             server.process = subprocess.Popen(
-                ["nats-server", "-c", str(server.config_file)],
+                [self.binary, "-c", str(server.config_file)],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
         finally:
@@ -195,6 +264,10 @@ class JetStreamBed:
         with urllib.request.urlopen(url, timeout=2) as response:
             data: dict[str, Any] = json.loads(response.read())
         return data
+
+    def version(self, code: str) -> str:
+        """The release the server runs, from its /varz: '2.10.25'."""
+        return str(self.monitor(code, "varz")["version"])
 
     def logs(self) -> str:
         return "\n".join(
@@ -235,10 +308,13 @@ class JetStreamBed:
             time.sleep(0.1)
 
     # --- streams -------------------------------------------------------------------------
-    async def connect(self, code: str) -> Client:
+    async def connect(self, code: str, *, system: bool = False) -> Client:
+        """A client of `code`'s server: the client user, or (`system`) the system user."""
+        user, password = (self.system_user, self.system_password) if system else (
+            self.user, self.password)  # fmt: skip
         # Bounded: nats-py retries a refused connect forever with max_reconnect_attempts=0.
         connecting = nats.connect(
-            self.url(code), user=self.user, password=self.password, connect_timeout=3,
+            self.url(code), user=user, password=password, connect_timeout=3,
             allow_reconnect=False, max_reconnect_attempts=1, reconnect_time_wait=0,
         )  # fmt: skip
         return await asyncio.wait_for(connecting, 10)

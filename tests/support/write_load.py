@@ -66,6 +66,7 @@ REDIS_PORT = 6379  # START sets no port
 REDIS_PASSWORD = "stop-test-Passw0rd"
 NATS_ROUTE_PASSWORD = "stop-test-route"
 NATS_CLIENT_PASSWORD = "stop-test-client"
+NATS_SYSTEM_PASSWORD = "stop-test-system"
 # The official postgres image runs with initdb's defaults; the test cluster turns durability
 # off for speed (tests/support/postgres.py), so it is switched back on here (last -c wins).
 POSTGRES_IMAGE_SETTINGS = ("-c", "fsync=on", "-c", "synchronous_commit=on",
@@ -945,7 +946,8 @@ class Nats(LabService):
             directory.mkdir(exist_ok=True)
             config = nats_config(
                 self.deployment, pod, route_password=NATS_ROUTE_PASSWORD,
-                client_password=NATS_CLIENT_PASSWORD, store_dir=str(directory / "jetstream"),
+                client_password=NATS_CLIENT_PASSWORD, system_password=NATS_SYSTEM_PASSWORD,
+                store_dir=str(directory / "jetstream"),
             )  # fmt: skip
             (directory / "nats.json").write_text(json.dumps(config, indent=2))
             host, port = pod.nats_client

@@ -32,13 +32,20 @@ SECRETS = SynapseSecrets("unityplan", "db-pw", "reg-secret", "mac-secret", "form
 
 def test_nats_config_of_a_pod() -> None:
     deployment = dev_deployment()
-    config = nats_config(deployment, deployment.pod("se"), route_password="r", client_password="c")
+    config = nats_config(deployment, deployment.pod("se"), route_password="r", client_password="c",
+                         system_password="s")  # fmt: skip
     assert config["server_name"] == "service-nats-se"
     assert (config["port"], config["http_port"], config["cluster"]["port"]) == (4224, 8224, 6224)
     assert config["server_tags"] == ["territory:se", "pod:sweden"]
     assert config["cluster"]["advertise"] == "service-nats-se:6224"
     # fsync before every acknowledgement: a crashed host loses no acknowledged message
     assert config["jetstream"] == {"store_dir": "/data/jetstream", "sync_interval": "always"}
+    # Clients in the global account; one user in the system account (retiring a server).
+    assert config["authorization"] == {"users": [{"user": "unityplan", "password": "c"}]}
+    assert config["accounts"] == {
+        "$SYS": {"users": [{"user": "unityplan-system", "password": "s"}]}
+    }
+    assert "system_account" not in config  # $SYS is nats-server's default
 
 
 def test_route_passwords_are_url_encoded() -> None:

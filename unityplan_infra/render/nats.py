@@ -3,6 +3,16 @@
 nats-server reads JSON as well as its own format, so the config is a dict emitted with
 `json.dumps`: no hand-built syntax, no quoting bugs. Everything in it that changes when
 peers change (routes) or secrets rotate (authorization) is reloadable with SIGHUP.
+
+Two users: `unityplan` (every client, and the stream job) in the global account, as before,
+and `unityplan-system` in the system account `$SYS`, for what only the system account may
+do: remove a retired pod's server from the JetStream meta group (`$JS.API.SERVER.REMOVE`)
+and read the meta group's members (nats/retire.py). nats-server creates `$SYS` by itself and
+makes it the system account; the config only gives it a user. The global account keeps
+JetStream: nats-server enables it there as long as no account other than the global and the
+system one is configured. Adding the system account to a running server's config takes
+effect with SIGHUP, without a restart, and leaves the client user's connections open (both
+releases: tests/realsw/test_nats_system_account.py).
 """
 
 from __future__ import annotations
@@ -16,6 +26,8 @@ from unityplan_infra.topology.plan import Deployment, PodPlan
 CLUSTER_NAME = "unityplan-global"
 ROUTE_USER = "route"
 CLIENT_USER = "unityplan"
+SYSTEM_USER = "unityplan-system"
+SYSTEM_ACCOUNT = "$SYS"  # nats-server's default system account, created by the server itself
 STORE_DIR = "/data/jetstream"
 
 
@@ -34,12 +46,14 @@ def nats_config(
     *,
     route_password: str,
     client_password: str,
+    system_password: str,
     store_dir: str = STORE_DIR,
 ) -> dict[str, Any]:
-    """The server config of `pod` as a dict (JSON-serialisable)."""
+    """The server config of `pod` as a dict (JSON-serialisable). `system_password`: the
+    password of `SYSTEM_USER` in the system account (the stack's generated secret)."""
     ports = pod.nats_ports
     host = pod.nats_host
-    return {
+    config: dict[str, Any] = {
         "server_name": pod.nats_server_name,
         "port": ports["client"],
         "http_port": ports["monitor"],
@@ -62,13 +76,25 @@ def nats_config(
             "authorization": {"user": ROUTE_USER, "password": route_password},
             "routes": route_urls(deployment, pod, route_password),
         },
+        # Only the system account is configured, so the global account (and its JetStream)
+        # stays what it was; `users`, as above, so a reload closes no connection.
+        "accounts": {
+            SYSTEM_ACCOUNT: {"users": [{"user": SYSTEM_USER, "password": system_password}]}
+        },
     }
+    return config
 
 
 def render_nats_config(
-    deployment: Deployment, pod: PodPlan, *, route_password: str, client_password: str
+    deployment: Deployment,
+    pod: PodPlan,
+    *,
+    route_password: str,
+    client_password: str,
+    system_password: str,
 ) -> str:
     config = nats_config(
-        deployment, pod, route_password=route_password, client_password=client_password
-    )
+        deployment, pod, route_password=route_password, client_password=client_password,
+        system_password=system_password,
+    )  # fmt: skip
     return json.dumps(config, indent=2, sort_keys=True) + "\n"
