@@ -17,7 +17,9 @@ procedure per pod, as `scripts/rollout.sh` runs it:
 
 `RolloutBed` is the dev stack's cluster of tests/support/jetstream_bed.py with a binary per
 server; `roll` runs the procedure (or a variant with a weaker gate: /healthz alone, or only
-"the client port listens", the negative control); `Publisher` writes with JetStream acks while it runs and keeps
+"the client port listens", the negative control; or the program's own gate, "program": the
+stream job archive in gate mode, nats/gate.py, over the client port only, as `pulumi up`
+runs it between two pods); `Publisher` writes with JetStream acks while it runs and keeps
 every ack's time; `read_stream` reads back what the stream holds; `tally` compares the two.
 """
 
@@ -47,6 +49,7 @@ import nats.errors
 from nats.aio.client import Client
 
 from tests.support.jetstream_bed import LOOPBACK, JetStreamBed
+from tests.support.stream_job import job_argv
 from unityplan_infra.topology.stop import STOP_GRACE_SECONDS
 
 OLD_VERSION = "2.10.25"  # the image's minor: the venv's nats-server (requirements-dev.txt)
@@ -60,8 +63,10 @@ POLL = 0.05  # s between two gate polls
 # /healthz 200 (the procedure as first written); "healthz+replicas" also waits until every
 # replicated stream's leader reports all its replicas current and the meta leader all its
 # peers (the procedure as it must be, see `replicas_current`); "listening" only waits for
-# the client port (the negative control).
-Gate = Literal["healthz", "healthz+replicas", "listening"]
+# the client port (the negative control); "program" runs the program's gate (the stream
+# job archive in gate mode: client account and client port only, no monitoring port);
+# "program+meta" the same with the system user in its spec (it then checks the meta group).
+Gate = Literal["healthz", "healthz+replicas", "listening", "program", "program+meta"]
 DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: no proxy
 
 
@@ -231,6 +236,7 @@ class Step:
     # GLOBAL_EVENTS then, as its leader answers STREAM.INFO: (leader, current replicas). Under
     # write load a follower a few entries behind shows as not current for an instant.
     stream_when_left: tuple[str, int] = ("", 0)
+    gate_report: dict[str, Any] = field(default_factory=dict)  # "program": the job's line
 
     @property
     def stopped_stream_leader(self) -> bool:
@@ -298,9 +304,14 @@ def roll(bed: RolloutBed, order: Sequence[str], binary: str | Path,
         bed.binaries[code] = str(binary)
         bed.start_server(code)
         step.started_at = time.monotonic()
+        # The program's gate starts at once: it must ride out the refused connections itself.
+        job = (program_gate(bed, code, timeout, meta=gate == "program+meta")
+               if gate in ("program", "program+meta") else None)  # fmt: skip
         step.listening_at = wait_for(partial(bed.listening, code), timeout, "client port",
                                      bed, code)  # fmt: skip
         step.gate_passed_at = step.listening_at
+        if job is not None:
+            step.gate_passed_at, step.gate_report = wait_program_gate(job, bed, code)
         if gate in ("healthz", "healthz+replicas"):
             step.healthy_at = wait_for(partial(bed.healthy, code), timeout, "/healthz 200",
                                        bed, code)  # fmt: skip
@@ -318,6 +329,44 @@ def roll(bed: RolloutBed, order: Sequence[str], binary: str | Path,
             step.healthy_at = wait_for(partial(bed.healthy, step.code), timeout,
                                        "/healthz 200", bed, step.code)  # fmt: skip
     return steps
+
+
+def program_gate(bed: JetStreamBed, code: str, timeout: float,
+                 meta: bool = False) -> subprocess.Popen[str]:  # fmt: skip
+    """The program's gate for `code`'s server: the stream job archive (no site-packages),
+    spec on stdin, as `pulumi up` runs it after replacing that server's container; `meta`:
+    with the system user, so that it checks the meta group as well."""
+    spec: dict[str, Any] = {
+        "url": bed.url(code), "user": bed.user, "password": bed.password,
+        "gate": {"server": bed.server_name(code), "url": bed.url(code),
+                 "deadline_seconds": timeout},
+    }  # fmt: skip
+    if meta:
+        spec |= {"system_user": bed.system_user, "system_password": bed.system_password}
+    job = subprocess.Popen(job_argv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert job.stdin is not None
+    job.stdin.write(json.dumps(spec))
+    job.stdin.close()
+    job.stdin = None  # written whole; communicate() must not touch it again
+    return job
+
+
+def wait_program_gate(job: subprocess.Popen[str], bed: JetStreamBed,
+                      code: str) -> tuple[float, dict[str, Any]]:  # fmt: skip
+    """(monotonic time the gate passed, its report line); AssertionError if it did not.
+    The job itself is bounded by its spec's deadline."""
+    while job.poll() is None:
+        time.sleep(POLL / 5)
+    passed_at = time.monotonic()
+    assert job.stdout is not None and job.stderr is not None
+    out, err = job.stdout.read(), job.stderr.read()
+    lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    if job.returncode != 0 or len(lines) != 1 or lines[0].get("action") != "passed":
+        log = bed.servers[code].log_file.read_text(errors="replace")[-3000:]
+        raise AssertionError(f"{code}: the program's gate failed (exit {job.returncode}):"
+                             f" {out} {err[-2000:]}\n{log}")  # fmt: skip
+    return passed_at, lines[0]
 
 
 def replicas_now(bed: JetStreamBed, code: str, stream: str) -> tuple[str, int]:
@@ -608,6 +657,9 @@ class Outcome:
             replicas = ("" if step.gate == "listening" else
                         f", GLOBAL_EVENTS leader {leader or 'none'} with {current} current"
                         " replicas")  # fmt: skip
+            if step.gate_report:
+                replicas += (f", program gate passed after {step.gate_report.get('looks')}"
+                             f" looks: {step.gate_report}")  # fmt: skip
             out.append(
                 f"  {step.code}: {step.from_version}->{step.to_version}, GLOBAL_EVENTS leader"
                 f" before {step.stream_leader_before or '?'}, exit {step.exit_seconds:.3f}s"
@@ -631,11 +683,12 @@ class Outcome:
 def roll_under_load(workdir: Path, binary: Path, gate: Gate,
                     targets: Sequence[tuple[str, str]], *, order: Sequence[str] | None = None,
                     before: float = 1.0, after: float = 1.0, ack_timeout: float = 0.5,
-                    gate_timeout: float = HEALTH_TIMEOUT) -> Outcome:  # fmt: skip
-    """A fresh cluster on the venv's nats-server with the program's streams; writers on
-    `targets` from `before` seconds ahead of the first stop to `after` seconds past the
-    last server's /healthz 200; then what the streams hold."""
-    with RolloutBed(workdir) as bed:
+                    gate_timeout: float = HEALTH_TIMEOUT,
+                    start_binary: str | Path | None = None) -> Outcome:  # fmt: skip
+    """A fresh cluster on `start_binary` (default: the venv's nats-server) with the program's
+    streams; writers on `targets` from `before` seconds ahead of the first stop to `after`
+    seconds past the last server's /healthz 200; then what the streams hold."""
+    with RolloutBed(workdir, start_binary) as bed:
         codes = list(order or bed.servers)
         versions_before = {code: bed.version(code) for code in bed.servers}
         publisher = Publisher([bed.url(code) for code in bed.servers], bed.user, bed.password,

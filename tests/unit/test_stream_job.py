@@ -26,9 +26,20 @@ def test_archive_is_reproducible_and_carries_the_pinned_nats_py() -> None:
     assert first.archive == second.archive
     assert first.nats_py_version == pinned_nats_py()
     names = zipfile.ZipFile(BytesIO(first.archive)).namelist()
-    assert names[:2] == ["__main__.py", "apply_streams.py"]
+    assert names[0] == "__main__.py"
     assert {"nats/__init__.py", "nats/aio/client.py", "nats/js/api.py"} <= set(names)
     assert not [name for name in names if name.endswith(".pyc")]
+    # The job's three modules under their package path, and nothing else of the program
+    # (stream definitions and the plan stay in the program: the job gets them as data).
+    program = sorted(name for name in names if name.startswith("unityplan_infra/"))
+    assert program == [
+        "unityplan_infra/__init__.py",
+        "unityplan_infra/nats/__init__.py",
+        "unityplan_infra/nats/apply_streams.py",
+        "unityplan_infra/nats/gate.py",
+        "unityplan_infra/nats/retire.py",
+    ]
+    assert set(names) - set(program) - {"__main__.py"} == {n for n in names if n.startswith("nats/")}
 
 
 def test_archive_runs_without_any_site_packages(tmp_path: Path) -> None:

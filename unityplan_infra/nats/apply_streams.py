@@ -1,17 +1,38 @@
-"""Create or update JetStream streams idempotently, over the JetStream JSON API.
+"""Create or update JetStream streams idempotently, over the JetStream JSON API; hand a
+retired pod's share of JetStream over to the remaining servers; gate a rollout.
 
 Self-contained on purpose (standard library and nats-py only): `pulumi up` runs this very
-file, packed with nats-py into one zip application (render/stream_job.py), inside a
-throwaway container next to the cluster (see components/streams.py); the tests run the same
-archive against real nats-server processes. Usage:
+file with its two siblings `retire.py` and `gate.py`, packed with nats-py into one zip
+application (render/stream_job.py), inside a throwaway container next to the cluster (see
+components/streams.py); the tests run the same archive against real nats-server processes.
+Usage:
 
+    python streams-job.pyz < spec.json
     NATS_URL=nats://host:4222 NATS_USER=... NATS_PASSWORD=... STREAMS_JSON='[...]' \
-        python streams-job.pyz
-    python streams-job.pyz < spec.json   # {"url", "user", "password", "streams"}
+        python streams-job.pyz            # streams only (tests)
 
-It prints one JSON line per stream as soon as that stream is done:
-{"stream": ..., "action": created|updated|unchanged}, or {"stream": ..., "error": ...} for
-the stream it gave up on (then it exits 1), so a failure never hides what was already done.
+The job spec, one JSON document on stdin (so no password appears in a process list or a
+container config), in one of two modes:
+
+- streams: {"url", "user", "password", "streams": [StreamConfig, ...],
+  "deadline_seconds": 120 (optional), and, when pods were retired,
+  "retired_servers": ["service-nats-se", ...], "system_user", "system_password",
+  "handover_deadline_seconds": 600 (optional)}. Ensures every stream, then hands the
+  retired servers' replicas and streams over and removes those servers from the JetStream
+  meta group (retire.py);
+- gate: {"url", "user", "password", "gate": {"server": "service-nats-dk",
+  "url": "nats://host:port" (optional, default the top-level url),
+  "deadline_seconds": 300 (optional), "peer_of": ["TERRITORY_DK", ...] (optional)},
+  "system_user", "system_password" (optional: then the meta group is checked too)}. Waits
+  until that server is back and JetStream-current (gate.py).
+
+It prints one JSON line per action as soon as it is done: {"stream": ...,
+"action": created|updated|unchanged}, then for a retirement {"stream": ...,
+"action": peer-removed|handed-over|moved, ...} and {"server": ...,
+"action": meta-leader-stepped-down|removed|unchanged, ...}, for a gate {"gate": ...,
+"action": "passed", ...}; or one error line, {"stream" | "server" | "gate": ...,
+"error": ...}, for what it gave up on (then it exits 1), so a failure never hides what was
+already done.
 """
 
 from __future__ import annotations
@@ -48,11 +69,18 @@ class StreamError(RuntimeError):
     stream: str | None = None
 
 
-async def _api(nc: Client, subject: str, payload: dict[str, Any] | None) -> dict[str, Any]:
+async def request(
+    nc: Client, subject: str, payload: dict[str, Any] | None = None, timeout: float = 5.0
+) -> dict[str, Any]:
+    """A request whose reply is one JSON document (the JetStream and system APIs)."""
     data = json.dumps(payload).encode() if payload is not None else b""
-    reply = await nc.request(f"{API}.{subject}", data, timeout=5)
+    reply = await nc.request(subject, data, timeout=timeout)
     result: dict[str, Any] = json.loads(reply.data)
     return result
+
+
+async def _api(nc: Client, subject: str, payload: dict[str, Any] | None) -> dict[str, Any]:
+    return await request(nc, f"{API}.{subject}", payload)
 
 
 def _differs(current: dict[str, Any], desired: dict[str, Any]) -> bool:
@@ -142,6 +170,14 @@ async def ensure_streams(
     return done
 
 
+async def connect(url: str, user: str, password: str) -> Client:
+    """The job's connection: it rides out a server restart (reconnects for ~30 s)."""
+    return await nats.connect(
+        servers=[url], user=user, password=password, connect_timeout=5,
+        max_reconnect_attempts=30, reconnect_time_wait=1,
+    )  # fmt: skip
+
+
 async def apply(
     url: str,
     user: str,
@@ -151,40 +187,54 @@ async def apply(
     deadline_seconds: float = 120.0,
 ) -> dict[str, str]:
     """Connect, ensure the streams, disconnect."""
-    nc = await nats.connect(
-        servers=[url], user=user, password=password, connect_timeout=5,
-        max_reconnect_attempts=30, reconnect_time_wait=1,
-    )  # fmt: skip
+    nc = await connect(url, user, password)
     try:
         return await ensure_streams(nc, streams, deadline_seconds, on_done)
     finally:
         await nc.close()
 
 
+def report(record: dict[str, Any]) -> None:
+    """One line of the job's output, at once (a failure later never hides it)."""
+    print(json.dumps(record), flush=True)
+
+
 def _report(name: str, action: str) -> None:
-    print(json.dumps({"stream": name, "action": action}), flush=True)
+    report({"stream": name, "action": action})
 
 
-def main() -> int:
-    """Job spec from the environment, or (deploy time) as one JSON document on stdin:
-    {"url": ..., "user": ..., "password": ..., "streams": [...]}, so the password never
-    appears in a process list or container config."""
+def read_spec() -> dict[str, Any]:
+    """The job spec: from the environment (streams only), else one JSON document on stdin."""
     if "STREAMS_JSON" in os.environ:
-        spec = {
+        return {
             "url": os.environ["NATS_URL"],
             "user": os.environ["NATS_USER"],
             "password": os.environ["NATS_PASSWORD"],
             "streams": json.loads(os.environ["STREAMS_JSON"]),
         }
-    else:
-        spec = json.load(sys.stdin)
-    deadline = float(os.environ.get("STREAMS_DEADLINE_SECONDS", "120"))
+    spec: dict[str, Any] = json.load(sys.stdin)
+    return spec
+
+
+def main() -> int:
+    """Run the job the spec asks for (see the module doc); 0 when done, 1 on a failure."""
+    spec = read_spec()
+    # Imported here: both import this module's helpers.
+    from unityplan_infra.nats import gate, retire
+
+    if "gate" in spec:
+        return gate.run(spec)
+    deadline = float(
+        spec.get("deadline_seconds") or os.environ.get("STREAMS_DEADLINE_SECONDS", "120")
+    )
     try:
+        if spec.get("retired_servers"):
+            return retire.run(spec, deadline)
         asyncio.run(
             apply(spec["url"], spec["user"], spec["password"], spec["streams"], _report, deadline)
         )
     except StreamError as error:
-        print(json.dumps({"stream": error.stream, "error": str(error)}), flush=True)
+        report({"stream": error.stream, "error": str(error)})
         return 1
     return 0
 
