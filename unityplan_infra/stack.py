@@ -13,7 +13,7 @@ from typing import Any
 import pulumi
 import pulumi_command as command
 
-from unityplan_infra.components.backups import PodBackups
+from unityplan_infra.components.backups import PodBackups, RetiredPodBackups
 from unityplan_infra.components.devtools import DevTools
 from unityplan_infra.components.hetzner import HetznerHosts
 from unityplan_infra.components.host import Attachment, DockerHost, HostAccess, HostExporters
@@ -102,6 +102,7 @@ def deploy(deployment: Deployment, *, stack: str) -> dict[str, Any]:
         deployment,
         host=hosts[first.host],
         client_password=mesh.secrets.nats_client_password,
+        system_password=mesh.secrets.nats_system_password,
         # Multi-host: Docker's default bridge (not the host network, where the firewall's
         # DOCKER-USER rules would not keep it from the metadata service); it reaches the
         # cluster on the host's WireGuard address through Docker's published port.
@@ -253,4 +254,6 @@ def _backups(
             volumes=pod.volumes, textfile_volume=exporters[plan.host].textfile_volume,
         )  # fmt: skip
         passwords[plan.code] = backups.restic_password
+    for plan in deployment.retired:  # their snapshots stay readable
+        passwords[plan.code] = RetiredPodBackups(plan).restic_password
     return pulumi.Output.secret(pulumi.Output.all(**passwords))

@@ -136,7 +136,7 @@ def test_passwords_are_generated_and_secret_everywhere() -> None:
     graph = dev_graph()
     passwords = {unwrap(r.outputs["result"]) for r in
                  graph.of_type("random:index/randomPassword:RandomPassword")}  # fmt: skip
-    assert len(passwords) == 18  # 3 mesh-wide + 1 Grafana + 14 per pod... all distinct
+    assert len(passwords) == 19  # 4 mesh-wide (one: the NATS system user) + 1 Grafana + 14 per pod, all distinct
     for container in graph.containers().values():
         envs = container.inputs.get("envs")
         if envs and any(p in json.dumps(unwrap(envs)) for p in passwords):

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.deployments import BACKUP_SECRETS, BACKUPS
 from tests.support.mocks import CONTAINER_TYPE, Graph, Resource, run_program, unwrap
 from tests.support.stackfile import as_pulumi_config, stack_values
 
@@ -36,8 +37,11 @@ def fixed_home(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
 
 
-def values(stack: str, retired: bool) -> dict[str, Any]:
+def values(stack: str, retired: bool, backups: bool = False) -> dict[str, Any]:
     found = copy.deepcopy(stack_values(stack))
+    if backups:
+        found[f"{NS}:backups"] = BACKUPS
+        found.update(BACKUP_SECRETS)
     pod: dict[str, Any] = {"code": "fi", "name": "finland", "slot": 4, "retired": retired}
     if stack == "nordic":
         pod["host"] = copy.deepcopy(found[f"{NS}:pods"][0]["host"])
@@ -46,9 +50,9 @@ def values(stack: str, retired: bool) -> dict[str, Any]:
 
 
 @cache
-def runs(stack: str) -> tuple[Graph, Graph]:
-    first = run_program(as_pulumi_config(values(stack, False)), stack)
-    return first, run_program(as_pulumi_config(values(stack, True)), stack, prior=first)
+def runs(stack: str, backups: bool = False) -> tuple[Graph, Graph]:
+    first = run_program(as_pulumi_config(values(stack, False, backups)), stack)
+    return first, run_program(as_pulumi_config(values(stack, True, backups)), stack, prior=first)
 
 
 def changed(stack: str) -> list[Resource]:
@@ -141,8 +145,28 @@ def test_the_stream_job_keeps_the_retired_territory_on_the_first_active_pod(stac
     streams = {s["name"]: s for s in spec["streams"]}
     assert streams["TERRITORY_FI"]["placement"] == {"tags": ["territory:dk"]}
     assert streams["TERRITORY_FI"]["subjects"] == ["territory.fi.*"]
+    # The hand-over: fi's replicas move, then fi leaves the meta group (system user only).
+    assert spec["retired_servers"] == ["service-nats-fi"]
+    assert spec["system_user"] == "unityplan-system" and spec["system_password"]
+    before = json.loads(unwrap(first.named("nats-streams-apply").inputs["stdin"]))
+    assert "retired_servers" not in before and "system_password" not in before
     # It runs while fi's server still runs: the engine deletes fi's container only after
     # everything registered is done, and the job does not wait for fi.
     fi_server = next(r for r in runs(stack)[0].of_type(CONTAINER_TYPE)
                      if r.inputs["name"] == "service-nats-fi")  # fmt: skip
     assert fi_server.urn not in second.ancestors(job)
+
+
+def test_the_retired_pods_backups_stay_readable() -> None:
+    """Its job goes, its snapshots stay in its repository, and the password that reads
+    them stays in the state and in the outputs (a new password would lose them)."""
+    first, second = runs("dev", backups=True)
+    assert "service-backup-fi" in first.containers()
+    assert "service-backup-fi" not in second.containers()
+    (password,) = [r for r in second.resources if r.name == "fi-restic-password"]
+    (before,) = [r for r in first.resources if r.name == "fi-restic-password"]
+    assert password.urn == before.urn and second.steps(first)[password.urn] == "same"
+    exported = second.exports["backupRepositoryPasswords"]
+    assert set(exported) == {"dk", "no", "se", "fi"}
+    assert exported["fi"] == unwrap(before.outputs["result"])
+    assert second.secret_exports["backupRepositoryPasswords"]

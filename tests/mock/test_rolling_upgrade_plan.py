@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 from collections.abc import Iterator
 from functools import cache
 from typing import Any
 
 import pytest
 
-from tests.support.mocks import CONTAINER_TYPE, Graph, Resource, run_program
+from tests.support.mocks import CONTAINER_TYPE, Graph, Resource, is_secret, run_program, unwrap
 from tests.support.stackfile import as_pulumi_config, stack_values
 from unityplan_infra.config.models import Images
 from unityplan_infra.topology.rollout import DEPLOYED_IMAGES
@@ -110,8 +111,12 @@ def test_the_nats_gate_runs_again_for_a_replaced_server_and_waits_for_it(stack: 
         marker = gate(graph, code)
         assert steps[marker.urn] in ("update", "replace"), code  # triggered by the new container
         assert container(graph, "nats", code).urn in marker.dependencies
-        spec = str(marker.inputs["stdin"])
-        assert f"service-nats-{code}" in spec
+        spec = json.loads(unwrap(marker.inputs["stdin"]))
+        assert is_secret(marker.inputs["stdin"])
+        assert spec["gate"]["server"] == f"service-nats-{code}"
+        assert spec["gate"]["peer_of"] == [f"TERRITORY_{code.upper()}"]
+        # The system user lets the gate wait for the JetStream meta group too (gate.py).
+        assert spec["system_user"] == "unityplan-system" and spec["system_password"]
 
 
 @pytest.mark.parametrize("stack", ["dev", "nordic"])

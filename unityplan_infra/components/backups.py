@@ -133,3 +133,19 @@ class PodBackups(pulumi.ComponentResource):
             depends_on=files,
         )
         self.register_outputs({"container": self.container.name})
+
+
+class RetiredPodBackups(pulumi.ComponentResource):
+    """What stays of a retired pod's backups in the program: its repository password.
+
+    The pod's snapshots stay in its repository (`unityplan/<code>`), readable only with this
+    password; deleting it with the rest of the pod would lose them for good. Same type and
+    name as the pod's `PodBackups`, so the password keeps its URN and its value.
+    """
+
+    restic_password: pulumi.Output[str]
+
+    def __init__(self, pod: PodPlan, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("unityplan:infra:PodBackups", f"backups-{pod.code}", None, opts)
+        self.restic_password = password(f"{pod.code}-restic-password", self)
+        self.register_outputs({"retired": True})

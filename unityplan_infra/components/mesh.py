@@ -25,6 +25,8 @@ class MeshSecrets:
     def __init__(self, parent: pulumi.Resource) -> None:
         self.nats_route_password = password("nats-route-password", parent)
         self.nats_client_password = password("nats-client-password", parent)
+        # The system account's user: only it may remove a retired server from JetStream.
+        self.nats_system_password = password("nats-system-password", parent)
         self.ipfs_swarm_key_hex = secret_hex(random_bytes("ipfs-swarm-key", parent))
 
 

@@ -196,11 +196,14 @@ class PodStack(pulumi.ComponentResource):
         )  # fmt: skip
 
         # --- NATS -----------------------------------------------------------------
-        nats_config = pulumi.Output.all(mesh.nats_route_password, mesh.nats_client_password).apply(
+        nats_config = pulumi.Output.all(
+            mesh.nats_route_password, mesh.nats_client_password, mesh.nats_system_password
+        ).apply(
             lambda secrets: render_nats_config(
-                deployment, pod, route_password=secrets[0], client_password=secrets[1]
+                deployment, pod, route_password=secrets[0], client_password=secrets[1],
+                system_password=secrets[2],
             )
-        )
+        )  # fmt: skip
         nats_file = host.config_file(
             f"{code}-nats-config", f"pods/{code}/nats/nats.json", nats_config,
             parent=self, reload=signal_reload(pod.service("nats")), secret_for=NATS_USER,

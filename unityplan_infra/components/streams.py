@@ -21,8 +21,8 @@ import pulumi
 import pulumi_docker as docker
 
 from unityplan_infra.components.host import HostAccess, sha256
-from unityplan_infra.nats.streams import stream_configs
-from unityplan_infra.render.nats import CLIENT_USER
+from unityplan_infra.nats.streams import stream_configs, territory_stream_name
+from unityplan_infra.render.nats import CLIENT_USER, SYSTEM_USER
 from unityplan_infra.render.stream_job import JOB_FILE, build_stream_job
 from unityplan_infra.topology.plan import Deployment, PodPlan
 
@@ -52,11 +52,13 @@ class NatsStreams(pulumi.ComponentResource):
         *,
         host: HostAccess,
         client_password: pulumi.Output[str],
+        system_password: pulumi.Output[str],
         network: pulumi.Input[str],
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("unityplan:infra:NatsStreams", "nats-streams", None, opts)
         self._deployment, self._host, self._password = deployment, host, client_password
+        self._system_password = system_password
         self.definitions = stream_configs(deployment)
         self._job = build_stream_job()
         self._job_file = host.config_file(
@@ -67,25 +69,50 @@ class NatsStreams(pulumi.ComponentResource):
             lambda values: job_command(deployment.config.images.stream_job, *values)
         )
 
-    def _spec(self, **fields: Any) -> pulumi.Output[str]:
+    def _spec(
+        self, fields: dict[str, Any], more: pulumi.Output[dict[str, Any]] | None = None
+    ) -> pulumi.Output[str]:
+        """The job's spec (JSON, secret): connection, `fields`, then `more` (secret ones)."""
         url = "nats://{}:{}".format(*self._deployment.pods[0].nats_client)
+        extra = more if more is not None else pulumi.Output.from_input({})
         return pulumi.Output.secret(
-            self._password.apply(
-                lambda secret: json.dumps(
-                    {"url": url, "user": CLIENT_USER, "password": secret, **fields}
+            pulumi.Output.all(self._password, extra).apply(
+                lambda values: json.dumps(
+                    {"url": url, "user": CLIENT_USER, "password": values[0], **fields,
+                     **values[1]}
                 )
             )
+        )  # fmt: skip
+
+    def _system_user(self) -> pulumi.Output[dict[str, Any]]:
+        return self._system_password.apply(
+            lambda secret: {"system_user": SYSTEM_USER, "system_password": secret}
         )
+
+    def _retire_fields(self) -> pulumi.Output[dict[str, Any]]:
+        """Retired pods' servers, whose JetStream share the job hands over (nats/retire.py);
+        with the system user's credentials, which only that needs. Idempotent: a server
+        already gone from the meta group is left alone."""
+        retired = [pod.nats_server_name for pod in self._deployment.retired]
+        if not retired:
+            return pulumi.Output.from_input({})
+        return self._system_user().apply(lambda user: {"retired_servers": retired, **user})
 
     def gate(self, pod: PodPlan, server: docker.Container) -> pulumi.CustomResource:
         """Runs after `pod`'s NATS container is created or replaced, until that server is
         back and JetStream-current (nats/apply_streams.py, gate mode). In a rolling upgrade
         the next pod's server waits for it (topology/rollout.py)."""
-        gate = {"server": pod.nats_server_name, "url": "nats://{}:{}".format(*pod.nats_client)}
+        # Its territory's stream lives on this server. (Not GLOBAL_EVENTS, even where every
+        # server holds it: the spec would change with the pod count, and the gate run again
+        # on every pod added; its leader's full replica count is checked anyway.)
+        gate = {"server": pod.nats_server_name, "url": "nats://{}:{}".format(*pod.nats_client),
+                "peer_of": [territory_stream_name(pod)]}  # fmt: skip
         return self._host.run(
             f"nats-gate-{pod.code}",
             create=self._command,
-            stdin=self._spec(gate=gate),
+            # With the system user the gate also waits for the JetStream meta group (gate.py:
+            # with the client account alone, 8 of 15 measured steps moved on before it).
+            stdin=self._spec({"gate": gate}, self._system_user()),
             # Again whenever the container is new: a replaced server must prove itself.
             triggers=[server.id, hashlib.sha256(self._job.archive).hexdigest()],
             parent=self,
@@ -95,13 +122,15 @@ class NatsStreams(pulumi.ComponentResource):
     def apply(self, servers: Sequence[pulumi.Resource]) -> None:
         """Create or update the streams once every server exists; hand a retired pod's
         stream replicas over to the remaining servers."""
+        retired = sorted(pod.nats_server_name for pod in self._deployment.retired)
         self.job = self._host.run(
             "nats-streams-apply",
             create=self._command,
-            stdin=self._spec(streams=self.definitions),
+            stdin=self._spec({"streams": self.definitions}, self._retire_fields()),
             triggers=[
                 sha256(json.dumps(self.definitions, sort_keys=True)),
                 hashlib.sha256(self._job.archive).hexdigest(),
+                *([sha256(json.dumps(retired))] if retired else []),
             ],
             parent=self,
             depends_on=[self._job_file, *servers],
