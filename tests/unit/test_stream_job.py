@@ -29,7 +29,7 @@ def test_archive_is_reproducible_and_carries_the_pinned_nats_py() -> None:
     assert names[0] == "__main__.py"
     assert {"nats/__init__.py", "nats/aio/client.py", "nats/js/api.py"} <= set(names)
     assert not [name for name in names if name.endswith(".pyc")]
-    # The job's three modules under their package path, and nothing else of the program
+    # The job's four modules under their package path, and nothing else of the program
     # (stream definitions and the plan stay in the program: the job gets them as data).
     program = sorted(name for name in names if name.startswith("unityplan_infra/"))
     assert program == [
@@ -37,6 +37,7 @@ def test_archive_is_reproducible_and_carries_the_pinned_nats_py() -> None:
         "unityplan_infra/nats/__init__.py",
         "unityplan_infra/nats/apply_streams.py",
         "unityplan_infra/nats/gate.py",
+        "unityplan_infra/nats/job.py",
         "unityplan_infra/nats/retire.py",
     ]
     assert set(names) - set(program) - {"__main__.py"} == {n for n in names if n.startswith("nats/")}

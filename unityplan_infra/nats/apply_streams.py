@@ -39,8 +39,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -197,47 +195,3 @@ async def apply(
 def report(record: dict[str, Any]) -> None:
     """One line of the job's output, at once (a failure later never hides it)."""
     print(json.dumps(record), flush=True)
-
-
-def _report(name: str, action: str) -> None:
-    report({"stream": name, "action": action})
-
-
-def read_spec() -> dict[str, Any]:
-    """The job spec: from the environment (streams only), else one JSON document on stdin."""
-    if "STREAMS_JSON" in os.environ:
-        return {
-            "url": os.environ["NATS_URL"],
-            "user": os.environ["NATS_USER"],
-            "password": os.environ["NATS_PASSWORD"],
-            "streams": json.loads(os.environ["STREAMS_JSON"]),
-        }
-    spec: dict[str, Any] = json.load(sys.stdin)
-    return spec
-
-
-def main() -> int:
-    """Run the job the spec asks for (see the module doc); 0 when done, 1 on a failure."""
-    spec = read_spec()
-    # Imported here: both import this module's helpers.
-    from unityplan_infra.nats import gate, retire
-
-    if "gate" in spec:
-        return gate.run(spec)
-    deadline = float(
-        spec.get("deadline_seconds") or os.environ.get("STREAMS_DEADLINE_SECONDS", "120")
-    )
-    try:
-        if spec.get("retired_servers"):
-            return retire.run(spec, deadline)
-        asyncio.run(
-            apply(spec["url"], spec["user"], spec["password"], spec["streams"], _report, deadline)
-        )
-    except StreamError as error:
-        report({"stream": error.stream, "error": str(error)})
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

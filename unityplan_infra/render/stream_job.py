@@ -1,7 +1,7 @@
 """The JetStream stream job as one self-contained file: a Python zip application.
 
-`pulumi up` runs the job (`nats/apply_streams.py`, with its siblings `nats/retire.py` and
-`nats/gate.py`) beside the cluster in a stock `python` image, carrying its one dependency,
+`pulumi up` runs the job (`nats/job.py`, dispatching to `nats/apply_streams.py`,
+`nats/retire.py` and `nats/gate.py`) beside the cluster in a stock `python` image, carrying its one dependency,
 the pure-Python nats-py package (render/zipapp.py says why jobs download nothing on the
 host). The three modules keep their package path inside the archive
 (`unityplan_infra/nats/...`, with empty `__init__.py` files above them), so their imports
@@ -19,9 +19,9 @@ from unityplan_infra.render.zipapp import build_zipapp
 NATS_DISTRIBUTION = "nats-py"
 JOB_FILE = "streams-job.pyz"
 PACKAGE = "unityplan_infra.nats"
-MODULES = ("apply_streams.py", "retire.py", "gate.py")
+MODULES = ("job.py", "apply_streams.py", "retire.py", "gate.py")
 # The archive's entry point; the job's modules and `nats` import from the archive itself.
-LAUNCHER = "import sys\n\nfrom unityplan_infra.nats.apply_streams import main\n\nsys.exit(main())\n"
+LAUNCHER = "import sys\n\nfrom unityplan_infra.nats.job import main\n\nsys.exit(main())\n"
 
 
 @dataclass(frozen=True)
