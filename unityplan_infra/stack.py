@@ -28,7 +28,6 @@ from unityplan_infra.render.nats import CLIENT_USER, CLUSTER_NAME
 from unityplan_infra.render.postgres import DB_OWNER, SYNAPSE_DATABASE
 from unityplan_infra.render.ssh import pinned_host_key_options
 from unityplan_infra.topology.plan import Deployment
-from unityplan_infra.topology.rollout import DEPLOYED_IMAGES
 
 REMOTE_CONFIG_ROOT = "/opt/unityplan"
 # The Docker provider opens an SSH session per API connection; sharing one master
@@ -97,7 +96,7 @@ def deploy(deployment: Deployment, *, stack: str) -> dict[str, Any]:
     }
 
     mesh_id = mesh.mesh_network.id if mesh.mesh_network else None
-    first = deployment.pods[0]
+    first = deployment.staying[0]  # the stream job runs beside a server that stays
     streams = NatsStreams(
         deployment,
         host=hosts[first.host],
@@ -108,7 +107,7 @@ def deploy(deployment: Deployment, *, stack: str) -> dict[str, Any]:
         # cluster on the host's WireGuard address through Docker's published port.
         network=mesh.mesh_network.name if mesh.mesh_network else "bridge",
     )
-    rollout = Rollout(deployment, previous_outputs().apply(lambda o: o.get(DEPLOYED_IMAGES)))
+    rollout = Rollout(deployment, previous_outputs())
     pods: dict[str, PodStack] = {}
     for plan in deployment.pods:
         pods[plan.code] = PodStack(
@@ -182,8 +181,6 @@ def deploy(deployment: Deployment, *, stack: str) -> dict[str, Any]:
     }
     outputs["natsClientUser"] = CLIENT_USER
     outputs["natsClientPassword"] = mesh.secrets.nats_client_password
-    # What the next `up` compares its images with, to roll a change one pod at a time.
-    outputs[DEPLOYED_IMAGES] = rollout.deployed()
     return outputs
 
 

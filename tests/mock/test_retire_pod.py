@@ -1,10 +1,12 @@
-"""Retiring a pod (`retired: true`): what the engine would do to it and to the others.
+"""Retiring a pod: `leaving: true` (one `up`), then `retired: true` (the next).
 
-The first run deploys four pods (dk, no, se, fi); the second, with the first as its state,
-has fi retired. fi's resources are no longer registered, so the engine deletes them at the
-end of the update (after everything registered has run, the NATS hand-over included),
-except what is kept on purpose: volumes are `retainOnDelete` (Docker keeps them), and a
-protected Hetzner server stays registered. Every other pod forgets fi by reload.
+The first run deploys four pods (dk, no, se, fi). The second has fi leaving: nothing that
+runs changes; only the stream job runs again, handing fi's JetStream share over while fi is
+still a routed, reachable peer (its TERRITORY_FI exists only on fi). The third, with the
+second as its state, has fi retired: fi's resources are no longer registered, so the engine
+deletes them at the end of the update, except what is kept on purpose: volumes are
+`retainOnDelete` (Docker keeps them), and its Hetzner server stays registered (protected).
+Every other pod forgets fi by reload.
 """
 
 from __future__ import annotations
@@ -37,22 +39,53 @@ def fixed_home(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
 
 
-def values(stack: str, retired: bool, backups: bool = False) -> dict[str, Any]:
+def values(stack: str, retired: bool, backups: bool = False, leaving: bool = False,
+           **fi: Any) -> dict[str, Any]:  # fmt: skip
     found = copy.deepcopy(stack_values(stack))
     if backups:
         found[f"{NS}:backups"] = BACKUPS
         found.update(BACKUP_SECRETS)
-    pod: dict[str, Any] = {"code": "fi", "name": "finland", "slot": 4, "retired": retired}
+    pod: dict[str, Any] = {"code": "fi", "name": "finland", "slot": 4, "retired": retired,
+                           "leaving": leaving}  # fmt: skip
     if stack == "nordic":
         pod["host"] = copy.deepcopy(found[f"{NS}:pods"][0]["host"])
+        pod["host"].update(fi.pop("host", {}))
+    pod.update(fi)
     found[f"{NS}:pods"].append(pod)
     return found
 
 
 @cache
-def runs(stack: str, backups: bool = False) -> tuple[Graph, Graph]:
+def three_runs(stack: str, backups: bool = False) -> tuple[Graph, Graph, Graph]:
+    """Four pods; fi leaving; fi retired (each run with the one before as its state)."""
     first = run_program(as_pulumi_config(values(stack, False, backups)), stack)
-    return first, run_program(as_pulumi_config(values(stack, True, backups)), stack, prior=first)
+    leaving = run_program(as_pulumi_config(values(stack, False, backups, leaving=True)), stack,
+                          prior=first)  # fmt: skip
+    retired = run_program(as_pulumi_config(values(stack, True, backups)), stack, prior=leaving)
+    return first, leaving, retired
+
+
+def runs(stack: str, backups: bool = False) -> tuple[Graph, Graph]:
+    """The retiring `up`: the state after `leaving`, and the run with fi retired."""
+    _, leaving, retired = three_runs(stack, backups)
+    return leaving, retired
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_leaving_changes_nothing_that_runs_and_hands_over(stack: str) -> None:
+    first, leaving, _ = three_runs(stack)
+    changed = {leaving.by_urn()[urn][0].name for urn, step in leaving.steps(first).items()
+               if step != "same"}  # fmt: skip
+    assert changed == {"nats-streams-apply"}
+    spec = json.loads(unwrap(leaving.named("nats-streams-apply").inputs["stdin"]))
+    assert spec["retired_servers"] == ["service-nats-fi"]
+    assert spec["system_user"] == "unityplan-system" and spec["system_password"]
+    streams = {s["name"]: s for s in spec["streams"]}
+    assert streams["TERRITORY_FI"]["placement"] == {"tags": ["territory:dk"]}
+    # fi is still everybody's peer while the job runs: its stream's only copy is there.
+    assert "service-nats-fi" in leaving.containers()
+    fi_route = "@service-nats-fi:6225" if stack == "dev" else "@10.0.4.1:6225"
+    assert fi_route in str(unwrap(leaving.named("dk-nats-config").inputs["stdin"]))
 
 
 def changed(stack: str) -> list[Resource]:
@@ -137,24 +170,37 @@ def test_no_remaining_config_names_the_retired_pod(stack: str) -> None:
 
 
 @pytest.mark.parametrize("stack", STACKS)
-def test_the_stream_job_keeps_the_retired_territory_on_the_first_active_pod(stack: str) -> None:
-    first, second = runs(stack)
-    job = second.named("nats-streams-apply")
-    assert second.steps(first)[job.urn] in ("update", "replace")
+def test_the_retiring_up_does_not_run_the_stream_job_again(stack: str) -> None:
+    """The hand-over is done (leaving); the job's spec is unchanged, so it is not rerun
+    while fi is being cut off (it would find nothing to do: tests/realsw/test_nats_retire)."""
+    leaving, retired = runs(stack)
+    job = retired.named("nats-streams-apply")
+    assert retired.steps(leaving)[job.urn] == "same"
     spec = json.loads(unwrap(job.inputs["stdin"]))
-    streams = {s["name"]: s for s in spec["streams"]}
-    assert streams["TERRITORY_FI"]["placement"] == {"tags": ["territory:dk"]}
-    assert streams["TERRITORY_FI"]["subjects"] == ["territory.fi.*"]
-    # The hand-over: fi's replicas move, then fi leaves the meta group (system user only).
     assert spec["retired_servers"] == ["service-nats-fi"]
-    assert spec["system_user"] == "unityplan-system" and spec["system_password"]
-    before = json.loads(unwrap(first.named("nats-streams-apply").inputs["stdin"]))
+    assert {s["name"]: s for s in spec["streams"]}["TERRITORY_FI"]["placement"] == {
+        "tags": ["territory:dk"]
+    }
+    before = json.loads(unwrap(three_runs(stack)[0].named("nats-streams-apply").inputs["stdin"]))
     assert "retired_servers" not in before and "system_password" not in before
-    # It runs while fi's server still runs: the engine deletes fi's container only after
-    # everything registered is done, and the job does not wait for fi.
-    fi_server = next(r for r in runs(stack)[0].of_type(CONTAINER_TYPE)
-                     if r.inputs["name"] == "service-nats-fi")  # fmt: skip
-    assert fi_server.urn not in second.ancestors(job)
+
+
+def test_deleting_a_retired_server_takes_two_deliberate_ups() -> None:
+    """The engine refuses to delete a protected resource: `protect: false` first lifts the
+    protections (the server stays registered), removing `host` then deletes it."""
+    _, _, retired = three_runs("nordic")
+    unprotected = run_program(
+        as_pulumi_config(values("nordic", True, host={"protect": False})), "nordic",
+        prior=retired,
+    )  # fmt: skip
+    (server,) = [r for r in unprotected.of_type(SERVER_TYPE) if r.name == "server-fi"]
+    assert not server.protect and unwrap(server.inputs)["deleteProtection"] is False
+    assert unprotected.steps(retired)[server.urn] == "update"
+    gone = values("nordic", True)
+    del gone[f"{NS}:pods"][-1]["host"]
+    without = run_program(as_pulumi_config(gone), "nordic", prior=unprotected)
+    assert not [r for r in without.of_type(SERVER_TYPE) if r.name == "server-fi"]
+    assert len(without.of_type(SERVER_TYPE)) == 3
 
 
 def test_the_retired_pods_backups_stay_readable() -> None:

@@ -22,7 +22,6 @@ import pytest
 from tests.support.mocks import CONTAINER_TYPE, Graph, Resource, is_secret, run_program, unwrap
 from tests.support.stackfile import as_pulumi_config, stack_values
 from unityplan_infra.config.models import Images
-from unityplan_infra.topology.rollout import DEPLOYED_IMAGES
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -129,17 +128,33 @@ def test_other_services_are_not_chained_by_one_services_upgrade(stack: str) -> N
 
 
 @pytest.mark.parametrize("stack", ["dev", "nordic"])
-def test_without_a_change_no_pod_waits_for_another(stack: str) -> None:
-    """The chain exists only during a rollout: a first deploy and an unchanged second `up`
-    start every pod's services in parallel (test_dependency_chain.py measures the path)."""
-    again = run_program(as_pulumi_config(values(stack)), stack, prior=first(stack))
-    for graph in (first(stack), again):
-        for service in ("nats", "postgres", "redis"):
-            for code in CODES:
-                ancestors = graph.ancestors(container(graph, service, code))
-                foreign = [other for other in CODES if other != code
-                           and ready_marker(graph, service, other).urn in ancestors]  # fmt: skip
-                assert foreign == [], (service, code)
+def test_a_first_deploy_starts_every_pod_at_once(stack: str) -> None:
+    """No pod runs yet, so none waits for another (test_dependency_chain.py measures the
+    path); the chain is there from the second `up` on, where unchanged steps are "same"."""
+    graph = first(stack)
+    for service in ("nats", "postgres", "redis"):
+        for code in CODES:
+            ancestors = graph.ancestors(container(graph, service, code))
+            foreign = [other for other in CODES if other != code
+                       and ready_marker(graph, service, other).urn in ancestors]  # fmt: skip
+            assert foreign == [], (service, code)
+    again = run_program(as_pulumi_config(values(stack)), stack, prior=graph)
+    assert gate(again, "dk").urn in container(again, "nats", "no").dependencies
+    changed = {again.by_urn()[u][0].name: st for u, st in again.steps(graph).items() if st != "same"}
+    assert changed == {}
+
+
+def test_any_change_that_replaces_the_containers_rolls_them() -> None:
+    """Not only an image: a new host port replaces every pod's Redis container, one after
+    the other."""
+    graph = run_program(
+        as_pulumi_config({**values("dev"), f"{NS}:podPorts": {"redis": 16379}}), "dev",
+        prior=first("dev"),
+    )  # fmt: skip
+    steps = graph.steps(first("dev"))
+    assert {steps[container(graph, "redis", code).urn] for code in CODES} == {"replace"}
+    for before, after in itertools.pairwise(CODES):
+        assert container(graph, "redis", before).urn in container(graph, "redis", after).dependencies
 
 
 def test_a_pod_added_with_the_new_image_is_not_part_of_the_rollout() -> None:
@@ -150,12 +165,3 @@ def test_a_pod_added_with_the_new_image_is_not_part_of_the_rollout() -> None:
     new = container(graph, "nats", "fi")
     assert not any(gate(graph, code).urn in new.dependencies for code in CODES)
     assert gate(graph, "no").urn in container(graph, "nats", "se").dependencies
-
-
-def test_the_stack_exports_what_each_pod_runs() -> None:
-    graph = upgraded("dev", "redis")
-    deployed = graph.exports[DEPLOYED_IMAGES]
-    assert deployed["redis"] == {code: NEW_IMAGES["redis"] for code in CODES}
-    assert deployed["nats"] == {code: DEFAULTS.nats for code in CODES}
-    assert set(deployed) == {"nats", "postgres", "redis"}
-    assert first("dev").exports[DEPLOYED_IMAGES]["redis"] == {code: DEFAULTS.redis for code in CODES}

@@ -42,6 +42,7 @@ PODS = [
 
 FINLAND_RETIRED = {"code": "fi", "name": "finland", "slot": 4, "retired": True}
 ICELAND = {"code": "is", "name": "iceland", "slot": 5}
+BOTH_STEPS = {"code": "fi", "name": "finland", "slot": 4, "leaving": True, "retired": True}
 ONE_ACTIVE = [{**PODS[0], "retired": True}, {**PODS[1], "retired": True}, PODS[2]]
 
 # (case id, config values, key named in the error, value shown in the error)
@@ -56,13 +57,16 @@ BAD = [
      "pods[4].slot", "4"),
     ("retired code reused", with_pods([*PODS, FINLAND_RETIRED, {**ICELAND, "code": "fi"}]),
      "pods[4].code", "'fi'"),
+    ("leaving and retired at once", with_pods([*PODS, BOTH_STEPS]), "pods[3]", str(BOTH_STEPS)),
+    ("monitoring's default pod leaving", with_pods([{**PODS[0], "leaving": True}, *PODS[1:],
+     ICELAND]), "monitoring.host", "None"),
     ("retired not a bool", with_pods([{**PODS[0], "retired": "soon"}, *PODS[1:]]),
      "pods[0].retired", "'soon'"),
     ("one active pod left", with_pods(ONE_ACTIVE), "pods", str(ONE_ACTIVE)),
     ("monitoring on a retired pod", {**with_pods([{**PODS[0], "retired": True}, *PODS[1:],
      ICELAND]),
      f"{NS}:monitoring": {"host": "dk"}}, "monitoring.host", "'dk'"),
-    ("replicas above active pods", {**with_pods([{**PODS[0], "retired": True}, *PODS[1:]])},
+    ("replicas above staying pods", {**with_pods([{**PODS[0], "leaving": True}, *PODS[1:]])},
      "streams.globalReplicas", "3"),
     ("uppercase code", with_pods([{**PODS[0], "code": "DK"}]), "pods[0].code", "'DK'"),
     ("code with digit", with_pods([{**PODS[0], "code": "d1"}]), "pods[0].code", "'d1'"),

@@ -106,10 +106,10 @@ class HetznerHosts(pulumi.ComponentResource):
         self.servers = {}
         self.remote_hosts = {}
         self.host_keys: dict[str, pulumi.Output[str]] = {}
-        # A retired pod's server stays, with its data, as long as it is protected; only
-        # `protect: false` on a retired pod lets the program delete it (README).
-        kept = [host for host in deployment.retired_hosts
-                if isinstance(host.spec, HcloudHost) and host.spec.protect]  # fmt: skip
+        # A retired pod's server stays, with its data, as long as the pod has a `host`:
+        # `protect: false` lifts the protections (one `up`), removing `host` then deletes
+        # the server (the next); the engine refuses to delete a protected resource.
+        kept = [host for host in deployment.retired_hosts if isinstance(host.spec, HcloudHost)]
         hcloud_hosts = [host for host in (*deployment.hosts, *kept) if host.is_hcloud]
         if hcloud_hosts:
             assert config.hetzner is not None  # guaranteed by StackConfig validation

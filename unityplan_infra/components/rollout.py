@@ -1,7 +1,6 @@
 """Rolling upgrades while the pods are registered (the plan: topology/rollout.py).
 
-`Rollout` gives each pod's NATS, PostgreSQL and Redis containers what they wait for, and
-builds the `deployedImages` output the next `up` compares with.
+`Rollout` gives each pod's NATS, PostgreSQL and Redis containers what they wait for.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ import pulumi
 
 from unityplan_infra.components.pod import PodStack
 from unityplan_infra.topology.plan import Deployment
-from unityplan_infra.topology.rollout import ROLLED_SERVICES, deployed_images, waits_for
+from unityplan_infra.topology.rollout import ROLLED_SERVICES, waits_for
 
 
 def previous_outputs() -> pulumi.Output[dict[str, Any]]:
@@ -35,9 +34,10 @@ def previous_outputs() -> pulumi.Output[dict[str, Any]]:
 class Rollout:
     """Rolling upgrades while pods are registered: what each pod's containers wait for.
 
-    For NATS, PostgreSQL and Redis, a pod whose container a new image replaces waits for the
+    For NATS, PostgreSQL and Redis, the container of a pod that already runs waits for the
     pod before it in the rollout (topology/rollout.py): for NATS, that server's gate (back
-    and JetStream-current); for the others, its container (created only once healthy).
+    and JetStream-current); for the others, its container (created only once healthy). A
+    container nothing replaces is a "same" step and passes at once.
     """
 
     def __init__(self, deployment: Deployment, previous: pulumi.Output[Any]) -> None:
@@ -51,7 +51,7 @@ class Rollout:
         }
 
     def _wait(self, service: str, code: str, previous: Any) -> list[pulumi.Resource]:
-        before = waits_for(self._deployment, previous, service, code)
+        before = waits_for(self._deployment, previous, code)
         return [] if before is None else [self._ready[(service, before)]]
 
     def done(self, code: str, pod: PodStack, nats_gate: pulumi.CustomResource) -> None:
@@ -59,22 +59,3 @@ class Rollout:
         self._ready[("nats", code)] = nats_gate
         for service in ("postgres", "redis"):
             self._ready[(service, code)] = pod.containers[service]
-
-    def deployed(self) -> dict[str, dict[str, pulumi.Output[str]]]:
-        """`deployedImages`, each image known only once its pod's service is back.
-
-        If an `up` fails part-way, the engine keeps the previous value of an output the
-        program could not resolve: a pod whose gate failed is still "on the old image" for
-        the next `up`, which then rolls it (and the pods after it) again.
-        """
-        return {
-            service: {
-                code: self._ready[(service, code)].id.apply(functools.partial(_constant, image))
-                for code, image in images.items()
-            }
-            for service, images in deployed_images(self._deployment).items()
-        }
-
-
-def _constant(value: str, _resolved: object) -> str:
-    return value

@@ -70,10 +70,12 @@ class NatsStreams(pulumi.ComponentResource):
         )
 
     def _spec(
-        self, fields: dict[str, Any], more: pulumi.Output[dict[str, Any]] | None = None
+        self, fields: dict[str, Any], more: pulumi.Output[dict[str, Any]] | None = None,
+        *, via: PodPlan | None = None,
     ) -> pulumi.Output[str]:
-        """The job's spec (JSON, secret): connection, `fields`, then `more` (secret ones)."""
-        url = "nats://{}:{}".format(*self._deployment.pods[0].nats_client)
+        """The job's spec (JSON, secret): connection (to `via`'s server, default the first
+        pod that stays), `fields`, then `more` (secret ones)."""
+        url = "nats://{}:{}".format(*(via or self._deployment.staying[0]).nats_client)
         extra = more if more is not None else pulumi.Output.from_input({})
         return pulumi.Output.secret(
             pulumi.Output.all(self._password, extra).apply(
@@ -93,7 +95,7 @@ class NatsStreams(pulumi.ComponentResource):
         """Retired pods' servers, whose JetStream share the job hands over (nats/retire.py);
         with the system user's credentials, which only that needs. Idempotent: a server
         already gone from the meta group is left alone."""
-        retired = [pod.nats_server_name for pod in self._deployment.retired]
+        retired = [pod.nats_server_name for pod in self._deployment.handed_over]
         if not retired:
             return pulumi.Output.from_input({})
         return self._system_user().apply(lambda user: {"retired_servers": retired, **user})
@@ -105,14 +107,13 @@ class NatsStreams(pulumi.ComponentResource):
         # Its territory's stream lives on this server. (Not GLOBAL_EVENTS, even where every
         # server holds it: the spec would change with the pod count, and the gate run again
         # on every pod added; its leader's full replica count is checked anyway.)
-        gate = {"server": pod.nats_server_name, "url": "nats://{}:{}".format(*pod.nats_client),
-                "peer_of": [territory_stream_name(pod)]}  # fmt: skip
+        gate = {"server": pod.nats_server_name, "peer_of": [territory_stream_name(pod)]}
         return self._host.run(
             f"nats-gate-{pod.code}",
             create=self._command,
             # With the system user the gate also waits for the JetStream meta group (gate.py:
             # with the client account alone, 8 of 15 measured steps moved on before it).
-            stdin=self._spec({"gate": gate}, self._system_user()),
+            stdin=self._spec({"gate": gate}, self._system_user(), via=pod),
             # Again whenever the container is new: a replaced server must prove itself.
             triggers=[server.id, hashlib.sha256(self._job.archive).hexdigest()],
             parent=self,
@@ -122,7 +123,7 @@ class NatsStreams(pulumi.ComponentResource):
     def apply(self, servers: Sequence[pulumi.Resource]) -> None:
         """Create or update the streams once every server exists; hand a retired pod's
         stream replicas over to the remaining servers."""
-        retired = sorted(pod.nats_server_name for pod in self._deployment.retired)
+        retired = sorted(pod.nats_server_name for pod in self._deployment.handed_over)
         self.job = self._host.run(
             "nats-streams-apply",
             create=self._command,

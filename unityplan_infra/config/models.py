@@ -172,10 +172,29 @@ class Pod(Model):
     slot: int
 
     host: HostSpec | None = None
-    # Retired: its services are taken down, every peer forgets it by reload, its data stays
-    # (volumes, the server under protection, TERRITORY_<CODE> handed to a remaining pod).
-    # The entry stays in `pods` for good: it holds the slot and the code, never reused.
+    # Retiring a pod takes two `up`s (README, "Changing a running platform"):
+    # 1. leaving: it still runs and every peer still reaches it, while the stream job hands
+    #    its JetStream share to the others (its R1 TERRITORY_<CODE> exists only there);
+    # 2. retired: its services are taken down, every peer forgets it by reload, its data
+    #    stays (volumes, the server under protection). The entry stays in `pods` for good: it
+    #    holds the slot and the code, never reused.
+    leaving: bool = False
     retired: bool = False
+
+    @model_validator(mode="after")
+    def _one_step(self) -> Pod:
+        if self.leaving and self.retired:
+            raise ConfigIssue(
+                "leaving and retired are two steps, one `up` each",
+                "set leaving: true and run up (the hand-over), then replace it with"
+                " retired: true and run up again",
+            )
+        return self
+
+    @property
+    def staying(self) -> bool:
+        """Neither leaving nor retired: a pod that keeps serving after this `up`."""
+        return not (self.leaving or self.retired)
 
     @field_validator("code")
     @classmethod
@@ -557,14 +576,15 @@ class StackConfig(Model):
             raise ConfigIssue(
                 "no pods", "list at least one pod: {code: dk, name: denmark, slot: 1}"
             )
-        active = [pod for pod in value if not pod.retired]
-        if len(active) == 1 and len(value) > 1:
+        staying = [pod for pod in value if pod.staying]
+        if len(staying) < 2 and len(value) > 1:
             raise ConfigIssue(
-                "one active pod left: it cannot keep the NATS cluster (JetStream needs routes"
-                " to a peer)",
-                "keep at least two pods active (add a pod before retiring another)",
+                f"{len(staying)} pod(s) would stay: the NATS cluster needs two (JetStream"
+                " needs routes to a peer)",
+                "keep at least two pods neither leaving nor retired (add a pod before"
+                " retiring another)",
             )
-        if len(active) == 1:
+        if len(value) == 1:
             # Measured with nats-server 2.10: a cluster block without routes stops JetStream
             # ("JetStream cluster requires configured routes"), and a server started
             # without one cannot join a cluster later with its streams.
@@ -621,20 +641,24 @@ class StackConfig(Model):
     def _consistent(self) -> StackConfig:
         for field in ("code", "slot", "name"):
             _unique(self.pods, field)
-        active = self.active_pods
-        if self.streams.global_replicas > len(active):
+        staying = [pod for pod in self.pods if pod.staying]
+        if self.streams.global_replicas > len(staying):
             raise ConfigIssue(
-                f"GLOBAL_EVENTS cannot have more replicas than there are active pods"
-                f" ({len(active)})",
+                f"GLOBAL_EVENTS cannot have more replicas than there are pods that stay"
+                f" ({len(staying)}: neither leaving nor retired)",
                 "lower streams.globalReplicas or add pods",
                 key="streams.globalReplicas",
                 value=self.streams.global_replicas,
             )
-        codes = [pod.code for pod in active]
-        if self.monitoring.host is not None and self.monitoring.host not in codes:
+        codes = [pod.code for pod in staying]
+        monitoring = self.monitoring.host or self.pods[0].code
+        if monitoring not in codes:
+            # Not moved silently: Grafana's data, the public name and the alert room stay
+            # with the host they are on.
             raise ConfigIssue(
-                "monitoring.host must be the code of an active pod",
-                f"use one of {', '.join(codes)}",
+                f"monitoring runs with pod {monitoring} (monitoring.host, default: the first"
+                " pod), which is leaving, retired or unknown",
+                f"set monitoring.host to a pod that stays: one of {', '.join(codes)}",
                 key="monitoring.host",
                 value=self.monitoring.host,
             )
@@ -691,7 +715,7 @@ class StackConfig(Model):
                 value=None,
             )
         for index, pod in enumerate(self.pods):
-            if pod.host is None:
+            if pod.host is None and not pod.retired:  # a retired pod's server may be gone
                 raise ConfigIssue(
                     "layout multi-host needs a host for every pod",
                     "add `host: {kind: hcloud}` or `host: {kind: ssh, address: <public IP>}`",
@@ -782,9 +806,10 @@ class StackConfig(Model):
 
     @property
     def monitoring_pod(self) -> Pod:
-        """The pod whose host runs monitoring and dev tools (default: the first active)."""
-        code = self.monitoring.host or self.active_pods[0].code
-        return next(pod for pod in self.active_pods if pod.code == code)
+        """The pod whose host runs monitoring and dev tools (default: the first pod; it
+        must stay, see `_consistent`)."""
+        code = self.monitoring.host or self.pods[0].code
+        return next(pod for pod in self.pods if pod.code == code)
 
 
 def _network(cidr: str, key: str) -> None:

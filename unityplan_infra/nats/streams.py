@@ -34,11 +34,11 @@ def stream_configs(deployment: Deployment) -> list[dict[str, Any]]:
             "discard": "old",
         }
     ]
-    keeper = deployment.pods[0]
+    keeper = deployment.staying[0]
     for pod in (*deployment.pods, *deployment.retired):
-        # A retired pod's stream stays, with all its messages, on the first active pod's
-        # server: changing its placement moves it there (JetStream's stream move).
-        home = keeper if pod in deployment.retired else pod
+        # A leaving or retired pod's stream stays, with all its messages, on the first
+        # staying pod's server: changing its placement moves it there (a stream move).
+        home = keeper if pod in deployment.handed_over else pod
         streams.append(
             {
                 "name": territory_stream_name(pod),

@@ -399,12 +399,29 @@ class Deployment:
         return tuple(pod for host in self.hosts for pod in host.pods)
 
     @cached_property
+    def leaving(self) -> tuple[PodPlan, ...]:
+        """Pods in the first step of retirement: deployed, but handing over their NATS share."""
+        return tuple(pod for pod in self.pods if pod.pod.leaving)
+
+    @cached_property
+    def staying(self) -> tuple[PodPlan, ...]:
+        """Pods that keep serving: not leaving (retired ones are not deployed at all)."""
+        return tuple(pod for pod in self.pods if not pod.pod.leaving)
+
+    @cached_property
+    def handed_over(self) -> tuple[PodPlan, ...]:
+        """Pods whose NATS server gives up its streams and its JetStream membership."""
+        return (*self.leaving, *self.retired)
+
+    @cached_property
     def retired_hosts(self) -> tuple[HostPlan, ...]:
         """Multi-host: the servers of retired pods, which run nothing and keep their data."""
         if self.config.layout != "multi-host":
             return ()
         return tuple(
-            HostPlan(pod.code, (pod,), False, self.config, pod.pod.host) for pod in self.retired
+            HostPlan(pod.code, (pod,), False, self.config, pod.pod.host)
+            for pod in self.retired
+            if pod.pod.host is not None
         )
 
     @cached_property

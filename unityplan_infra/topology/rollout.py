@@ -1,16 +1,18 @@
-"""Rolling upgrades: which pods' containers a change replaces, and in which order.
+"""Rolling upgrades: in which order the pods' containers of a service are replaced.
 
 A new image for NATS, PostgreSQL or Redis replaces that service's container in every pod.
 Left to itself the engine replaces them all at once: GLOBAL_EVENTS (R3) loses its quorum,
-and every territory's database is down together. Instead the program chains them: the pods
-whose container changes go one at a time, in config order, each waiting for the previous
-pod's service to be back (PostgreSQL, Redis: its container healthy; NATS: the server
-JetStream-current, `nats/gate.py`).
+and every territory's database is down together. Instead the program chains the pods that
+already run, in config order: each pod's container is registered only once the previous
+pod's service is back (PostgreSQL, Redis: its container healthy; NATS: the server
+JetStream-current, `nats/gate.py`). Whatever replaces the containers (an image, a port, a
+healthcheck), they go one at a time; when nothing replaces them, every step of the chain is
+"same" and costs nothing.
 
-The chain exists only while a rollout is under way. The program knows one is from the stack's
-own previous outputs (`deployedImages`, read back through a stack reference to itself): a pod
-whose deployed image differs from the configured one is about to be replaced. On a first
-deploy, or when nothing changes, there is no chain, so the deploy's longest path stays short.
+Which pods already run comes from the stack's own previous outputs (`pods`, read back
+through a stack reference to itself). On a first deploy there are none: no chain, every pod
+starts in parallel and the deploy's longest path stays short. A pod added in this `up` is
+not part of the chain either: it has nothing to replace.
 """
 
 from __future__ import annotations
@@ -21,36 +23,25 @@ from typing import Any
 from unityplan_infra.topology.plan import Deployment
 
 ROLLED_SERVICES = ("nats", "postgres", "redis")
-DEPLOYED_IMAGES = "deployedImages"  # the stack output a rollout is computed from
+PODS_OUTPUT = "pods"  # the stack output whose keys are the pods the previous `up` deployed
 
 
-def deployed_images(deployment: Deployment) -> dict[str, dict[str, str]]:
-    """The stack output: per rolled service, the image each active pod runs after this `up`."""
-    images = deployment.config.images
-    return {
-        service: {pod.code: getattr(images, service) for pod in deployment.pods}
-        for service in ROLLED_SERVICES
-    }
+def deployed_pods(previous: Mapping[str, Any] | None) -> set[str]:
+    """Codes of the pods the previous `up` deployed (none before the first `up`)."""
+    pods = (previous or {}).get(PODS_OUTPUT)
+    return set(pods) if isinstance(pods, Mapping) else set()
 
 
-def rolling_pods(deployment: Deployment, previous: Mapping[str, Any] | None, service: str) -> list[str]:
-    """Codes of the pods whose `service` container this `up` replaces for a new image, in
-    the order they go. A pod without a previous image is new: nothing of it is replaced."""
-    before = (previous or {}).get(service) or {}
-    wanted: str = getattr(deployment.config.images, service)
-    return [
-        pod.code
-        for pod in deployment.pods
-        if isinstance(before.get(pod.code), str) and before[pod.code] != wanted
-    ]
+def rolling_pods(deployment: Deployment, previous: Mapping[str, Any] | None) -> list[str]:
+    """Codes of the pods that already run, in the order their containers may be replaced."""
+    running = deployed_pods(previous)
+    return [pod.code for pod in deployment.pods if pod.code in running]
 
 
-def waits_for(
-    deployment: Deployment, previous: Mapping[str, Any] | None, service: str, code: str
-) -> str | None:
-    """The pod whose `service` must be back before pod `code`'s is replaced; None if pod
-    `code` goes first or is not replaced at all."""
-    order = rolling_pods(deployment, previous, service)
+def waits_for(deployment: Deployment, previous: Mapping[str, Any] | None, code: str) -> str | None:
+    """The pod whose services must be back before pod `code`'s are replaced; None if pod
+    `code` goes first or is new."""
+    order = rolling_pods(deployment, previous)
     if code not in order:
         return None
     index = order.index(code)
