@@ -1,28 +1,37 @@
 """Retiring a pod's NATS server with the program's stream job, on real servers under load.
 
-Why: a pod marked `retired: true` leaves the mesh for good. Its R1 TERRITORY stream must
-move, with every message, to the first active pod's server; GLOBAL_EVENTS (R3) must get a
-replica elsewhere for the one it had on the retired server without losing its quorum; the
-JetStream meta group must end without the retired server as a dead peer; and all that while
-the retired server still runs (the program deletes its container at the end of `pulumi up`,
-after the job), and then when it stops and the others reload without its route.
+Why: a pod leaves the mesh for good in two steps. With `leaving: true` it still runs,
+routed, and the job hands its share over: its R1 TERRITORY stream must move, with every
+message, to the first staying pod's server; GLOBAL_EVENTS (R3) must get a replica elsewhere
+for the one it had on the leaving server without losing its quorum; the JetStream meta
+group must end without that server as a dead peer. With `retired: true` the others reload
+without its route, the job runs again and must find nothing to do while the server is
+unreachable, and its container is stopped.
 
 The procedure (tests/support/nats_retire.py): the dev stack's dk, no, se with the program's
 streams, a 4th pod fi added as `pulumi up` adds one, se made the leader of GLOBAL_EVENTS and
 of the meta group (the worst case; 2.10 steps down at random, so there it may stay short of
 that), writers on GLOBAL_EVENTS throughout and on TERRITORY_SE until just before the
-hand-over, the program's job archive with `retired_servers: [service-nats-se]` and the
-system user, then se stopped with SIGTERM and dk, no, fi reloaded with configs rendered from
-the deployment where se has `retired: true`; the job once more. On every nats-server release
-at hand (tests/support/nats_releases.py: the venv's and those nats_versions.sh installed;
-2.10.25, 2.14.6 and 2.15.1 here). Numbers are printed (`pytest -s`).
+hand-over. Step 1: the program's job archive with `retired_servers: [service-nats-se]` and
+the system user, every server running and routed. Step 2: dk, no, fi reloaded with configs
+rendered from the deployment where se has `retired: true`, se stopped with SIGTERM, and the
+same job again. On every nats-server release at hand (tests/support/nats_releases.py: the
+venv's and those nats_versions.sh installed; 2.10.25, 2.14.6 and 2.15.1 here). Numbers are
+printed (`pytest -s`).
+
+And the job's clear failures, each within seconds rather than at its 600 s hand-over
+deadline: too few servers left for a replicated stream; an R1 stream (here a key-value
+bucket) that is not the program's on the retired server; and the retired server not
+running when its TERRITORY stream must still move (the pod set straight to `retired: true`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -164,11 +173,22 @@ def test_the_remaining_servers_reload_without_its_route_and_stay_quiet(
         assert not re.findall(r"\[ERR\].*", after), (code, after[-3000:])
 
 
-def test_running_the_job_again_changes_nothing(retired: RetireOutcome) -> None:
+def test_step_two_runs_the_job_again_without_the_stopped_server_and_changes_nothing(
+    retired: RetireOutcome,
+) -> None:
+    """`retired: true`: the others no longer route to it, it is stopped, and the same job
+    finds every stream handed over and the server gone from the meta group."""
+    marks = retired.marks
+    assert marks["job done"] < marks["reloaded"] < marks["retired stopped"], marks
+    assert retired.rerun.started > marks["retired stopped"], marks
+    assert not retired.rerun_while_retired_ran
     rerun = retired.rerun
     assert rerun.returncode == 0, (rerun.lines, rerun.stderr)
-    assert {action for _, action in rerun.actions()} == {"unchanged"}, rerun.lines
+    assert rerun.actions() == [(GLOBAL_STREAM, "unchanged"), ("TERRITORY_DK", "unchanged"),
+                               ("TERRITORY_NO", "unchanged"), ("TERRITORY_FI", "unchanged"),
+                               (TERRITORY, "unchanged")], rerun.lines  # fmt: skip
     assert rerun.actions("server") == [(RETIRED_SERVER, "unchanged")], rerun.lines
+    assert not [line for line in rerun.lines if "error" in line], rerun.lines
     assert rerun.seconds < 10, rerun.seconds
 
 
@@ -210,22 +230,94 @@ def test_too_few_servers_left_for_the_replicas_stops_the_job_before_any_change(
     assert info["config"]["placement"] == {"tags": ["territory:se"]}  # not moved
 
 
+async def _bucket(bed: JetStreamBed, bucket: str, tags: list[str] | None) -> None:
+    """Create the key-value bucket (its stream as `nats kv add --tags` makes it: nats-py's
+    create_key_value drops the placement), R1 and placed by `tags`; or (tags None) delete it."""
+    nc = await bed.connect("dk")
+    try:
+        if tags is None:
+            await nc.jetstream().delete_key_value(bucket)
+            return
+        config = {"name": f"KV_{bucket}", "subjects": [f"$KV.{bucket}.>"], "num_replicas": 1,
+                  "max_msgs_per_subject": 1, "discard": "new", "allow_rollup_hdrs": True,
+                  "deny_delete": True, "allow_direct": True, "storage": "file",
+                  "placement": {"tags": tags}}  # fmt: skip
+        reply = await nc.request(f"$JS.API.STREAM.CREATE.KV_{bucket}", json.dumps(config).encode(),
+                                 timeout=5)  # fmt: skip
+        assert "error" not in json.loads(reply.data), reply.data
+        await (await nc.jetstream().key_value(bucket)).put("greeting", b"hej")
+    finally:
+        await nc.close()
+
+
+async def _listed(bed: JetStreamBed, name: str) -> dict[str, Any]:
+    """The stream's STREAM.LIST entry (it is listed even when no server of it runs)."""
+    nc = await bed.connect("dk")
+    try:
+        reply = json.loads((await nc.request("$JS.API.STREAM.LIST", b"", timeout=5)).data)
+        (entry,) = [s for s in reply["streams"] if s["config"]["name"] == name]
+        return dict(entry)
+    finally:
+        await nc.close()
+
+
+def test_an_r1_bucket_that_is_not_the_programs_on_the_retired_server_stops_the_job_at_once(
+    grown: JetStreamBed,
+) -> None:
+    """The job moves an R1 stream by its placement, and places only the program's streams:
+    a key-value bucket on se would sit there until the hand-over deadline (600 s). The job
+    names it and the fix before it changes anything."""
+    asyncio.run(_bucket(grown, "settings", ["territory:se"]))
+    try:
+        job = run_job(retire_spec(grown, SHRUNK))
+    finally:
+        asyncio.run(_bucket(grown, "settings", None))
+    print(f"\nforeign bucket: exit {job.returncode} in {job.seconds:.2f}s: {job.lines}")
+    assert job.returncode == 1, job.lines
+    assert job.seconds < 5, job.seconds
+    (line,) = job.lines  # nothing done before
+    assert line["stream"] == "KV_settings", line
+    error = line["error"]
+    assert error.startswith("stream KV_settings (the key-value bucket settings) has its only"
+                            f" copy on {RETIRED_SERVER}, and the job moves only the program's"
+                            " own streams"), error  # fmt: skip
+    assert "`nats stream edit KV_settings --tag " in error, error
+    assert "`nats stream rm KV_settings`" in error and error.endswith("run `up` again"), error
+    info = asyncio.run(stream_info(grown, "dk", TERRITORY))
+    assert info["config"]["placement"] == {"tags": ["territory:se"]}  # not moved
+
+
 def test_a_retired_server_that_no_longer_runs_is_named_and_can_be_started_again(
     grown: JetStreamBed,
 ) -> None:
-    """Its R1 stream's messages are on it alone: the job fails, says what to do, and once
-    the server runs again (same store) the same job hands everything over."""
+    """The pod set straight to `retired: true`: its server is gone when the job runs, and its
+    R1 stream's messages are on it alone. The job fails once the stream has been offline for
+    its grace (30 s by default, 3 here), says exactly that and what to do; once the server
+    runs again, routed (what `leaving: true` does), the same job hands everything over."""
     grown.stop_server(RETIRED)
-    spec = retire_spec(grown, SHRUNK) | {"deadline_seconds": 3, "handover_deadline_seconds": 5}
+    spec = retire_spec(grown, SHRUNK) | {"offline_grace_seconds": 3}
     try:
         job = run_job(spec)
+        listed = asyncio.run(_listed(grown, TERRITORY))
     finally:
         grown.start_server(RETIRED)
+    print(f"\nretired server stopped: exit {job.returncode} in {job.seconds:.2f}s: {job.lines}")
     assert job.returncode == 1, job.lines
-    failed = job.lines[-1]
+    assert 3 <= job.seconds < 10, job.seconds
+    (failed,) = job.lines  # nothing done before
     assert failed["stream"] == TERRITORY, failed
-    assert "stream is offline" in failed["error"], failed
-    assert f"retired one ({RETIRED_SERVER}), it must run, with its store" in failed["error"]
+    assert re.fullmatch(
+        re.escape(f"stream {TERRITORY}: its only copy is on {RETIRED_SERVER}, which does not"
+                  " run or is not reachable (the job saw the stream without a leader for ")
+        + r"[34]"
+        + re.escape("s), so the job cannot move it. Set `leaving: true` on the pod of"
+                    f" {RETIRED_SERVER} instead of `retired: true` and run `up`: its server"
+                    " comes back, routed, and this job moves the stream; then set `retired:"
+                    " true` and run `up` again"),
+        failed["error"],
+    ), failed  # fmt: skip
+    assert "not one of the program's streams" not in failed["error"], failed
+    assert listed["config"]["placement"] == {"tags": ["territory:se"]}, listed  # not touched
     grown.wait_formed(30)
     again = run_job(retire_spec(grown, SHRUNK))
     assert again.returncode == 0, again.lines

@@ -131,11 +131,19 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JetStreamBed]:
         yield running
 
 
-def gate_job(bed: JetStreamBed, code: str, deadline: float, *, url_of: str | None = None,
-             peer_of: list[str] | None = None) -> subprocess.Popen[str]:  # fmt: skip
-    spec = {"url": bed.url("dk"), "user": bed.user, "password": bed.password,
-            "gate": {"server": bed.server_name(code), "url": bed.url(url_of or code),
-                     "deadline_seconds": deadline, "peer_of": peer_of or []}}  # fmt: skip
+def gate_job(bed: JetStreamBed, code: str, deadline: float | None, *,
+             url_of: str | None = None, peer_of: list[str] | None = None,
+             system_password: str | None = None) -> subprocess.Popen[str]:  # fmt: skip
+    """The gate for `code`'s server (deadline None: the job's default); with the system user
+    when `system_password` is given."""
+    spec: dict[str, Any] = {
+        "url": bed.url("dk"), "user": bed.user, "password": bed.password,
+        "gate": {"server": bed.server_name(code), "url": bed.url(url_of or code),
+                 "peer_of": peer_of or [],
+                 **({"deadline_seconds": deadline} if deadline is not None else {})},
+    }  # fmt: skip
+    if system_password is not None:
+        spec |= {"system_user": bed.system_user, "system_password": system_password}
     job = subprocess.Popen(job_argv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)  # fmt: skip
     assert job.stdin is not None
@@ -180,6 +188,26 @@ def test_the_gate_waits_for_a_server_that_is_still_down(bed: JetStreamBed) -> No
     assert line["action"] == "passed" and line["looks"] > 1, line
     assert set(line["peer_of"]) >= {GLOBAL_STREAM, "TERRITORY_SE"}, line
     print(f"\ngate for a restarted se: passed {seconds:.2f}s after its start: {line}")
+
+
+def test_a_refused_system_user_fails_the_gate_instead_of_skipping_the_meta_check(
+    bed: JetStreamBed,
+) -> None:
+    """With the system user in the spec the gate checks the meta group, and only then passes;
+    a wrong system password fails it after 10 s (gate.REFUSED_FOR), not at its 300 s
+    deadline, saying which user. (The gate used to look on through the client's connection
+    alone once the system user's had failed: it passed, unchecked.)"""
+    bed.wait_formed(30)
+    code, line, seconds = outcome(gate_job(bed, "dk", None, system_password="wrong"))
+    print(f"\ngate with a wrong system password: exit {code} in {seconds:.2f}s: {line}")
+    assert code == 1, line
+    assert line["error"].startswith(
+        f"service-nats-dk: the system user {bed.system_user!r} is refused at {bed.url('dk')}"
+        " (nats: 'Authorization Violation'): check its password in the spec, for 10."
+    ), line
+    assert seconds < 20, seconds
+    code, line, _ = outcome(gate_job(bed, "dk", 30, system_password=bed.system_password))
+    assert code == 0 and line["action"] == "passed" and line["meta"] is True, line
 
 
 def test_the_gate_refuses_a_url_that_reaches_another_server(bed: JetStreamBed) -> None:

@@ -1,20 +1,26 @@
 """Retiring a pod's NATS server on real servers: the stream job's hand-over under write load.
 
-Why: a pod marked `retired: true` takes its nats-server out of the cluster. Its R1
-TERRITORY stream must move, with every message, to a server that stays; GLOBAL_EVENTS (R3)
-must get a replica elsewhere for the one it had there, without losing its quorum; and the
-JetStream meta group must not keep the gone server as a dead peer. Only real servers can
-show that the program's job (nats/retire.py, run as the zip archive `pulumi up` ships) does
-it, and what writers see meanwhile.
+Why: a pod leaves in two steps. With `leaving: true` it is still deployed and routed and the
+job hands its share over: its R1 TERRITORY stream must move, with every message, to a server
+that stays; GLOBAL_EVENTS (R3) must get a replica elsewhere for the one it had there, without
+losing its quorum; and the JetStream meta group must not keep the server as a dead peer.
+With `retired: true` the others drop its route, the job runs again and must find nothing to
+do without the server (in the multi-host layout its WireGuard peer is gone by then), and
+its container is stopped. Only real servers can show that the program's job (nats/
+retire.py, run as the zip archive `pulumi up` ships) does it, and what writers see meanwhile.
 
 `retire_under_load` is the whole procedure on loopback, with the servers of
 tests/support/jetstream_bed.py: the dev stack's dk, no, se with the program's streams, then
 a 4th pod (fi) added as `pulumi up` adds one (configs rendered again, SIGHUP, new server);
 the server to retire made the leader of GLOBAL_EVENTS and of the meta group (the worst
 case); publishers on GLOBAL_EVENTS (throughout) and on the retired pod's TERRITORY stream
-(until just before the hand-over); the job with `retired_servers`; then the retired server
-stopped with SIGTERM and the others reloaded with configs rendered from the deployment
-where that pod has `retired: true`, as the end of `pulumi up` does; the job once more.
+(until just before the hand-over). Step 1: the job with `retired_servers` while every
+server runs with every route (the leaving pod is still deployed). Step 2: the others
+reloaded with configs rendered from the deployment where that pod has `retired: true` (no
+route to it), the retired server stopped with SIGTERM, and then the job again, with the same
+spec: both steps hand the job the same `retired_servers` and the same streams (nats/
+streams.py places a leaving and a retired pod's TERRITORY stream alike), so the spec is
+built from the `retired: true` deployment for both.
 """
 
 from __future__ import annotations
@@ -194,15 +200,16 @@ class RetireOutcome:
     # and the step-downs it took to get there.
     led: dict[str, tuple[int, bool]]
     territory_before: dict[str, Any]  # the retired pod's TERRITORY stream before the job
-    job: JobRun
-    rerun: JobRun
+    job: JobRun  # step 1
+    rerun: JobRun  # step 2, with the retired server stopped
+    rerun_while_retired_ran: bool  # whether the retired server's process ran during step 2
     global_writer: Writer
     territory_writer: Writer
     tallies: dict[str, Tally]
     global_info: dict[str, Any]  # settled, after everything
     territory_info: dict[str, Any]
     meta_after_job: dict[str, Any]
-    meta_after: dict[str, Any]  # once the retired server stopped and the others reloaded
+    meta_after: dict[str, Any]  # after step 2
     retired_jsz: dict[str, Any]  # the retired server's own /jsz after the job
     retired_log: str = field(repr=False)
     logs: dict[str, str] = field(repr=False, default_factory=dict)
@@ -219,13 +226,14 @@ class RetireOutcome:
         out.append(f"  job: exit {self.job.returncode} in {self.job.seconds:.2f}s")
         out.extend(f"    +{line.get('seconds', 0):.2f}s {json.dumps(line)}"
                    for line in self.job.lines)  # fmt: skip
-        out.append(f"  rerun: exit {self.rerun.returncode} in {self.rerun.seconds:.2f}s:"
+        out.append(f"  step 2 (retired server stopped): exit {self.rerun.returncode} in"
+                   f" {self.rerun.seconds:.2f}s:"
                    f" {self.rerun.actions() + self.rerun.actions('server')}")  # fmt: skip
         for name, mark in self.marks.items():
             out.append(f"  {name}: +{mark - t0:.3f}s")
         out.append(f"  GLOBAL_EVENTS longest pause: before the job"
                    f" {self.pause('writing', 'job'):.3f}s, during the job"
-                   f" {self.pause('job', 'job done'):.3f}s, stop + reload"
+                   f" {self.pause('job', 'job done'):.3f}s, reload + stop + job again"
                    f" {self.pause('job done', 'written'):.3f}s, overall"
                    f" {self.global_writer.max_gap():.3f}s")  # fmt: skip
         out.extend(f"  {count.line()}" for count in self.tallies.values())
@@ -267,6 +275,7 @@ def retire_under_load(workdir: Path, binary: str | Path, retire: str = "se",
             time.sleep(writing_before)
             territory_pub.stop()  # the retired pod's own writers end before the hand-over
             territory_before = asyncio.run(stream_info(bed, "dk", territory))
+            # Step 1 (`leaving: true`): every server runs, with every route.
             marks["job"] = time.monotonic()
             job = run_job(retire_spec(bed, shrunk))
             marks["job done"] = time.monotonic()
@@ -276,14 +285,18 @@ def retire_under_load(workdir: Path, binary: str | Path, retire: str = "se",
             retired_jsz = wait_disabled(bed, retire)
             marks["retired disabled"] = time.monotonic()
             retired_log = bed.log_text(retire)
-            # The end of `pulumi up`: the retired container goes (docker stop: SIGTERM), the
-            # others get configs without its route and reload them.
-            bed.stop_server(retire)
-            marks["retired stopped"] = time.monotonic()
+            # Step 2 (`retired: true`): the others get configs without its route and reload
+            # them; the retired server is unreachable from the job (stopped here: docker
+            # stop, SIGTERM) when the job runs again with the same spec.
             bed.use_deployment(shrunk)
             for code in staying:
                 bed.reload(code)
             marks["reloaded"] = time.monotonic()
+            bed.stop_server(retire)
+            marks["retired stopped"] = time.monotonic()
+            rerun_while_retired_ran = bed.servers[retire].running()
+            rerun = run_job(retire_spec(bed, shrunk))
+            marks["job again done"] = time.monotonic()
             bed.forget(retire)
             time.sleep(writing_after)
             marks["written"] = time.monotonic()
@@ -297,11 +310,11 @@ def retire_under_load(workdir: Path, binary: str | Path, retire: str = "se",
         for writer in (*global_pub.writers, *territory_pub.writers):
             stored = asyncio.run(read_stream(bed, "dk", writer.stream))
             tallies[writer.stream] = tally(writer, stored)
-        rerun = run_job(retire_spec(bed, shrunk))
         return RetireOutcome(
             version=version, retired=bed.deployment.retired[0].nats_server_name,
             led=led, territory_before=territory_before, job=job,
-            rerun=rerun, global_writer=global_pub.writers[0],
+            rerun=rerun, rerun_while_retired_ran=rerun_while_retired_ran,
+            global_writer=global_pub.writers[0],
             territory_writer=territory_pub.writers[0], tallies=tallies,
             global_info=global_info, territory_info=territory_info,
             meta_after_job=meta_after_job, meta_after=meta_after, retired_jsz=retired_jsz,

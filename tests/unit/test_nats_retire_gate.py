@@ -5,22 +5,38 @@ tests/realsw/test_rollout_gate.py); the replies here have the shape those server
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import nats
+import nats.errors
+import pytest
+
 from tests.support.jetstream_bed import free_ports
-from unityplan_infra.nats.gate import meta_problem, stream_problem
-from unityplan_infra.nats.retire import MetaGroup, StreamPeers, peer_id, too_few_servers
+from unityplan_infra.nats import gate
+from unityplan_infra.nats.gate import GateError, meta_problem, stream_problem, wait_gate
+from unityplan_infra.nats.retire import (
+    MetaGroup,
+    StreamPeers,
+    offline_on_retired,
+    offline_text,
+    peer_id,
+    too_few_servers,
+    unmovable,
+)
 from unityplan_infra.render.stream_job import JOB_FILE, build_stream_job
 
 SE, DK, NO, FI = (f"service-nats-{code}" for code in ("se", "dk", "no", "fi"))
 
 
 def info(name: str, replicas: int, leader: str, *followers: tuple[str, bool],
-         messages: int = 10, offline: tuple[str, ...] = ()) -> dict[str, Any]:  # fmt: skip
+         messages: int = 10, offline: tuple[str, ...] = (),
+         placement: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     """A STREAM.INFO reply as nats-server 2.10/2.15 sends it (the fields read here)."""
     group: dict[str, Any] = {"name": "unityplan-global", "leader": leader}
     if followers:
@@ -29,8 +45,11 @@ def info(name: str, replicas: int, leader: str, *followers: tuple[str, bool],
              **({"offline": True} if peer in offline else {})}
             for peer, current in followers
         ]  # fmt: skip
-    return {"config": {"name": name, "num_replicas": replicas},
-            "state": {"messages": messages, "last_seq": messages}, "cluster": group}  # fmt: skip
+    config: dict[str, Any] = {"name": name, "num_replicas": replicas}
+    if placement is not None:
+        config["placement"] = placement
+    return {"config": config, "state": {"messages": messages, "last_seq": messages},
+            "cluster": group}  # fmt: skip
 
 
 def test_peer_ids_are_nats_servers_own() -> None:
@@ -91,6 +110,90 @@ def test_no_hand_over_without_enough_servers_for_the_replicas() -> None:
     assert too_few_servers(streams, four, [SE]) == ""
 
 
+def test_an_r1_stream_the_job_cannot_move_is_named_with_the_fix() -> None:
+    """The job moves an R1 stream only by the new placement the program gives it."""
+    retired = [SE]
+    program = {"TERRITORY_SE": {"name": "TERRITORY_SE", "placement": {"tags": ["territory:dk"]}}}
+    on_se = {"tags": ["territory:se"]}
+    # The program's stream with a new placement: it moves; so it does while it moves.
+    assert unmovable(StreamPeers.from_info(info("TERRITORY_SE", 1, SE, placement=on_se)),
+                     retired, program) == ""  # fmt: skip
+    moving = info("TERRITORY_SE", 1, SE, (DK, False), placement={"tags": ["territory:dk"]})
+    assert unmovable(StreamPeers.from_info(moving), retired, program) == ""
+    # Anyone else's: a bucket, a stream.
+    bucket = unmovable(StreamPeers.from_info(info("KV_settings", 1, SE, placement=on_se)),
+                       retired, program)  # fmt: skip
+    assert bucket == (
+        f"stream KV_settings (the key-value bucket settings) has its only copy on {SE}, and"
+        " the job moves only the program's own streams: move it to a server that stays (`nats"
+        " stream edit KV_settings --tag <the tag of a server that stays>`) or delete it (`nats"
+        " stream rm KV_settings`), then run `up` again"
+    )
+    assert unmovable(StreamPeers.from_info(info("AUDIT", 1, SE)), retired, program).startswith(
+        f"stream AUDIT has its only copy on {SE}, and the job moves only the program's own")
+    # The program's stream whose placement the job would not change.
+    stays = {"TERRITORY_SE": {"name": "TERRITORY_SE", "placement": on_se}}
+    assert "is the one it has, so nothing moves it" in unmovable(
+        StreamPeers.from_info(info("TERRITORY_SE", 1, SE, placement=on_se)), retired, stays)
+    # Not the job's concern: elsewhere, or replicated (a peer removal hands it over).
+    assert unmovable(StreamPeers.from_info(info("AUDIT", 1, DK)), retired, program) == ""
+    replicated = info("AUDIT", 3, SE, (DK, True), (NO, True))
+    assert unmovable(StreamPeers.from_info(replicated), retired, program) == ""
+
+
+def listed(name: str, leader: str, *replicas: dict[str, Any]) -> dict[str, Any]:
+    """A STREAM.LIST entry as 2.10.25, 2.14.6 and 2.15.1 sent it; one no server runs has
+    no leader and its assigned peers, offline."""
+    group: dict[str, Any] = {"name": "unityplan-global", "replicas": list(replicas)}
+    if leader:
+        group["leader"] = leader
+    return {"config": {"name": name, "num_replicas": max(1, len(replicas) + bool(leader))},
+            "cluster": group}  # fmt: skip
+
+
+def test_a_stream_no_server_runs_is_found_on_its_retired_server() -> None:
+    gone = {"name": SE, "current": False, "offline": True, "active": 0, "peer": peer_id(SE)}
+    by_id = {"name": peer_id(SE), "current": False, "offline": True, "peer": peer_id(SE)}
+    entries = [
+        listed("GLOBAL_EVENTS", NO, {"name": DK, "current": True, "peer": peer_id(DK)}, gone),
+        listed("TERRITORY_DK", DK),
+        listed("TERRITORY_SE", "", gone),
+        listed("KV_settings", "", by_id),  # listed by its peer ID
+        listed("TERRITORY_NO", "", {"name": NO, "offline": True, "peer": peer_id(NO)}),
+        # replicated, electing: not stuck on se
+        listed("ELECTING", "", gone, {"name": DK, "current": True, "peer": peer_id(DK)},
+               {"name": NO, "current": True, "peer": peer_id(NO)}),
+    ]  # fmt: skip
+    # An R1 stream whose move stopped with se: its new peer cannot lead alone.
+    moving = listed("TERRITORY_XX", "", gone, {"name": DK, "current": False, "peer": peer_id(DK)})
+    moving["config"]["num_replicas"] = 1
+    entries.append(moving)
+    assert offline_on_retired(entries, [SE]) == {"TERRITORY_SE": [SE], "KV_settings": [SE],
+                                                 "TERRITORY_XX": [SE]}  # fmt: skip
+    assert offline_on_retired(entries, [FI]) == {}
+
+
+def test_the_offline_error_says_what_to_do() -> None:
+    text = offline_text("TERRITORY_SE", [SE], [SE], 30.2, ["TERRITORY_SE"])
+    assert text == (
+        f"stream TERRITORY_SE: its only copy is on {SE}, which does not run or is not"
+        " reachable (the job saw the stream without a leader for 30s), so the job cannot"
+        f" move it. Set `leaving: true` on the pod of {SE} instead of `retired: true` and run"
+        " `up`: its server comes back, routed, and this job moves the stream; then set"
+        " `retired: true` and run `up` again"
+    )
+    both = offline_text("AUDIT", [SE, FI], [SE, FI], 30, ["AUDIT"])
+    assert both.startswith(f"stream AUDIT: its only copies are on {SE}, {FI}, which do not run"
+                           " or are not reachable")  # fmt: skip
+    assert f"Set `leaving: true` on the pods of {SE}, {FI} instead of" in both
+    foreign = offline_text("KV_settings", [SE], [SE], 30, ["TERRITORY_SE"])
+    assert foreign.startswith("stream KV_settings (the key-value bucket settings): its only")
+    assert foreign.endswith("It is not one of the program's streams: once its server runs,"
+                            " move it (`nats stream edit KV_settings --tag <the tag of a"
+                            " server that stays>`) or delete it (`nats stream rm"
+                            " KV_settings`)")  # fmt: skip
+
+
 def test_gate_judges_each_stream_by_its_leaders_view() -> None:
     assert stream_problem(info("GLOBAL_EVENTS", 3, DK, (NO, True), (SE, True)), SE, True) == ""
     assert stream_problem(info("GLOBAL_EVENTS", 3, DK, (NO, True), (SE, False)), SE, False) == (
@@ -143,6 +246,82 @@ def test_gate_meta_group_check() -> None:
     assert meta_problem(jsz(DK, peer(NO), peer(SE, active=2_000_000_000)), SE, 0.5) == (
         f"meta group: {DK} last heard from {SE} 2.000s ago, before the server was back"
     )
+
+
+# --- the gate's connections -------------------------------------------------------------------
+class FakeClient:
+    """What wait_gate asks of a connection (look is replaced)."""
+
+    def __init__(self, user: str) -> None:
+        self.user = user
+        self.is_connected = True
+
+    async def close(self) -> None:
+        self.is_connected = False
+
+
+def test_gate_retries_a_failed_system_connection_with_the_clients(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The system user's connection fails once (a timeout, a refused connect): no look may
+    run without it (it would pass without the meta group check), and the staleness checks
+    count from the client connection that comes with it, never from 0."""
+    events: list[tuple[str, str, float]] = []
+    looks: list[tuple[Any, float]] = []
+
+    async def connect(url: str, user: str, password: str, *more: str) -> FakeClient:
+        role = "system" if user == "sys" else "client"
+        events.append((role, "start", time.monotonic()))
+        if role == "system" and [e[:2] for e in events].count(("system", "start")) == 1:
+            raise nats.errors.TimeoutError
+        await asyncio.sleep(0.01)
+        events.append((role, "up", time.monotonic()))
+        return FakeClient(user)
+
+    async def look(nc: FakeClient, server: str, peer_of: Any, connected_at: float,
+                   sc: FakeClient | None = None) -> tuple[list[str], dict[str, Any]]:  # fmt: skip
+        looks.append((sc, connected_at))
+        return [], {"meta": sc is not None}
+
+    monkeypatch.setattr(gate, "_connect", connect)
+    monkeypatch.setattr(gate, "look", look)
+    monkeypatch.setattr(gate, "POLL", 0.01)
+    passed = asyncio.run(wait_gate(DK, "nats://x:4222", "unityplan", "pw", deadline_seconds=5,
+                                   system=("sys", "spw")))  # fmt: skip
+    assert passed["meta"] is True and passed["looks"] == 2, passed
+    ((sc, connected_at),) = looks
+    assert sc is not None and sc.user == "sys"
+    # The second round: the client again, then the system user; connected_at in between.
+    client_up = [at for role, what, at in events if (role, what) == ("client", "up")]
+    system_start = [at for role, what, at in events if (role, what) == ("system", "start")]
+    assert len(client_up) == 2 and len(system_start) == 2, events
+    assert client_up[1] <= connected_at <= system_start[1], (events, connected_at)
+
+
+def test_gate_fails_clearly_when_the_system_user_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A wrong system password: the gate says so and fails (after REFUSED_FOR), and never
+    passes without the meta group check."""
+
+    async def connect(*, servers: list[str], user: str, **options: Any) -> FakeClient:
+        if user == "sys":
+            raise nats.errors.Error("nats: 'Authorization Violation'")
+        return FakeClient(user)
+
+    async def look(*args: Any, **kwargs: Any) -> tuple[list[str], dict[str, Any]]:
+        raise AssertionError("looked without the system user's connection")
+
+    monkeypatch.setattr(nats, "connect", connect)
+    monkeypatch.setattr(gate, "look", look)
+    monkeypatch.setattr(gate, "POLL", 0.01)
+    monkeypatch.setattr(gate, "REFUSED_FOR", 0.2, raising=False)
+    with pytest.raises(GateError) as failed:
+        asyncio.run(wait_gate(DK, "nats://x:4222", "unityplan", "pw", deadline_seconds=30,
+                              system=("sys", "wrong")))  # fmt: skip
+    assert str(failed.value).startswith(
+        f"{DK}: the system user 'sys' is refused at nats://x:4222 (nats: 'Authorization"
+        " Violation'): check its password in the spec, for 0."), failed.value
 
 
 # --- the archive's failures, before it touches a server --------------------------------------

@@ -35,13 +35,16 @@ next gate then waited 5.0-7.6 s for a meta leader. With the system account's use
 ("system_user", "system_password" at the top level, as for a retirement) the gate also
 waits until the meta leader (JSZ, leader_only) reports every peer current, none offline,
 and the named server heard from since the gate connected: the same as /healthz plus the
-rolling-upgrade test's "healthz+replicas", without the monitoring port.
+rolling-upgrade test's "healthz+replicas", without the monitoring port. No look runs without
+that user's connection: one that failed is retried together with the client's (the
+staleness checks count from the client connection), so the gate never passes unchecked; and
+a user the server refuses (a wrong password) fails the gate after REFUSED_FOR, saying which.
 
 Spec (apply_streams.py): {"url", "user", "password", "system_user"?, "system_password"?,
 "gate": {"server": <server name>, "url": <its client URL, default the top-level url>,
 "deadline_seconds": 300, "peer_of": [...]}}. Exit 0 with {"gate": server, "action":
 "passed", ...}; exit 1 with {"gate": server, "error": "...what the last look found..."} when
-the deadline passes.
+the deadline passes, or once a user of the spec has been refused for REFUSED_FOR (10 s).
 """
 
 from __future__ import annotations
@@ -62,6 +65,9 @@ JSZ_LEADER = "$SYS.REQ.SERVER.PING.JSZ"  # with leader_only: answered by the met
 DEADLINE = 300.0  # s, unless the spec says otherwise
 POLL = 0.25  # s between two looks
 REQUEST_TIMEOUT = 2.0
+# s: a user the server keeps refusing (a wrong password in the spec) fails the gate then,
+# not at the deadline; a server that has just restarted with its config refuses nobody.
+REFUSED_FOR = 10.0
 
 
 class GateError(RuntimeError):
@@ -138,13 +144,24 @@ async def _quiet(error: Exception) -> None:
     """nats-py's default prints a traceback per failed connect; the gate says it once."""
 
 
-async def _connect(url: str, user: str, password: str) -> Client:
+class Refused(NatsError):
+    """The server refused a user of the spec (a wrong password), as opposed to no answer."""
+
+
+async def _connect(url: str, user: str, password: str, role: str = "client") -> Client:
     # Bounded: a refused connect is retried by the gate's own loop, not by nats-py.
     connecting = nats.connect(
         servers=[url], user=user, password=password, connect_timeout=2, error_cb=_quiet,
         allow_reconnect=False, max_reconnect_attempts=1, reconnect_time_wait=0,
     )  # fmt: skip
-    return await asyncio.wait_for(connecting, 5)
+    try:
+        return await asyncio.wait_for(connecting, 5)
+    except NatsError as error:
+        text = str(error).lower()
+        if "authorization violation" in text or "authentication" in text:
+            raise Refused(f"the {role} user {user!r} is refused at {url} ({error}): check its"
+                          " password in the spec") from error  # fmt: skip
+        raise
 
 
 async def look(
@@ -210,34 +227,52 @@ async def wait_gate(
 ) -> dict[str, Any]:
     """Look until one look passes (the record to report) or the deadline (GateError with the
     last look's problems). `system`: (user, password) of the system account: check the meta
-    group too."""
+    group too; then no look runs without the system user's connection (a look without it
+    would pass without the meta group check), and a refused user fails the gate once
+    refused for REFUSED_FOR."""
     started = time.monotonic()
     deadline = started + deadline_seconds
     nc: Client | None = None
     sc: Client | None = None
     connected_at = 0.0
     problems: list[str] = ["not looked yet"]
+    refused_since: float | None = None  # monotonic: since when a user is refused
     looks = 0
     try:
         while True:
             looks += 1
             try:
-                if nc is None or not nc.is_connected or (sc is not None and not sc.is_connected):
+                if (
+                    nc is None
+                    or not nc.is_connected
+                    or (system is not None and (sc is None or not sc.is_connected))
+                ):
                     await _close(nc, sc)
                     nc = sc = None
-                    nc = await _connect(url, user, password)
-                    if system is not None:
-                        sc = await _connect(url, *system)
+                    nc = await _connect(url, user, password, "client")
+                    # Each leader must have heard from the server since this connection came
+                    # up (the staleness check), however long the system user's takes.
                     connected_at = time.monotonic()
+                    if system is not None:
+                        sc = await _connect(url, *system, "system")
                 problems, passed = await look(nc, server, peer_of, connected_at, sc)
+                refused_since = None
+            except Refused as refused:
+                problems = [str(refused)]
+                refused_since = refused_since or time.monotonic()
             except (TimeoutError, NatsError, OSError) as error:
                 problems = [f"no answer at {url}: {type(error).__name__} {error}".rstrip()]
+                refused_since = None
             if on_look is not None:
                 on_look(problems)
             if not problems:
                 return {"gate": server, "action": "passed", **passed, "looks": looks,
                         "seconds": round(time.monotonic() - started, 3)}  # fmt: skip
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if refused_since is not None and now - refused_since >= REFUSED_FOR:
+                raise GateError(f"{server}: {'; '.join(problems)}, for"
+                                f" {now - refused_since:.1f}s ({looks} looks)")  # fmt: skip
+            if now > deadline:
                 raise GateError(
                     f"{server} not back and JetStream-current within {deadline_seconds:g}s"
                     f" ({looks} looks); last: {'; '.join(problems)}"

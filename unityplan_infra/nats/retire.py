@@ -1,13 +1,17 @@
 """Retire NATS servers: hand their share of JetStream over, then drop them from the meta group.
 
 Part of the stream job (standard library and nats-py only; apply_streams.py says how it
-runs). A pod marked `retired: true` keeps its TERRITORY stream, placed on the first active
-pod's server (nats/streams.py), and its server must leave the cluster without leaving a
-dead peer behind: a meta group that still counts a gone server needs that much more of
-the others for its quorum, and every replicated stream with a replica there runs one
-replica short for good. What the job does, after ensuring the streams (which changes the
-retired pod's TERRITORY placement: JetStream then moves that stream, all its messages, to
-the keeper's server):
+runs). A pod leaves in two steps: with `leaving: true` it is still deployed and routed and
+this job runs with its server in `retired_servers`; with `retired: true` its containers go
+and the job runs again with the same `retired_servers`, finds nothing to do, and must not
+need that server (it may no longer be reachable). The pod keeps its TERRITORY stream,
+placed on the first staying pod's server (nats/streams.py), and its server must leave the
+cluster without leaving a dead peer behind: a meta group that still counts a gone server
+needs that much more of the others for its quorum, and every replicated stream with a
+replica there runs one replica short for good. Before anything changes the job stops, with
+what to do, when a hand-over cannot succeed (below). What it does, after ensuring the
+streams (which changes the leaving pod's TERRITORY placement: JetStream then moves that
+stream, all its messages, to the keeper's server):
 
 1. every replicated stream with a peer on a retired server:
    `$JS.API.STREAM.PEER.REMOVE.<stream>` {"peer": server}: the meta leader puts a
@@ -23,20 +27,36 @@ the keeper's server):
    on 2.10 a leader that removes itself left the others without a meta leader for 7 s
    (an election timeout); 2.14 and 2.15 hand over by themselves.
 
-The retired server may still be running when this happens (the program deletes its
-container only at the end of `pulumi up`): on removal it logs "JetStream being DISABLED,
-our server was removed from the cluster", shuts its JetStream down and goes on as a plain
-NATS server, still routed, so its clients still reach JetStream through the others. Then it
-can be stopped and the others reloaded without its route (tests/realsw/test_nats_retire.py).
+The retired server runs while this happens (step 1): on removal it logs "JetStream being
+DISABLED, our server was removed from the cluster", shuts its JetStream down and goes on as
+a plain NATS server, still routed, so its clients still reach JetStream through the others.
+In step 2 the others reload without its route and it is stopped; the job then changes
+nothing (tests/realsw/test_nats_retire.py).
 
 Idempotent: a stream with no peer on a retired server and a server that is no member of
-the meta group are left alone ("unchanged"). Everything found is read from the cluster,
-not from the job's stream list, so a stream someone else created is handed over too.
+the meta group are left alone ("unchanged"). Replicated streams are found in the cluster,
+not in the job's stream list, so one someone else created is handed over too (a peer
+removal needs nothing of the stream's owner). An R1 stream moves only by its placement,
+which the job changes for the program's own streams only. So the job stops at once, naming
+the stream and the fix, instead of waiting for its deadline, when:
+
+- an R1 stream (a key-value bucket, an object store) that is not the program's has its
+  only copy on a retired server: move it (`nats stream edit <stream> --tag <a staying
+  server's tag>`) or delete it (`nats stream rm <stream>`), then run `up` again;
+- a stream that must move has its only copy(ies) on a retired server that does not run or
+  is not reachable (the pod went straight to `retired: true`, skipping `leaving: true`):
+  once the stream has been offline (no leader, every listed peer offline) for
+  `offline_grace_seconds` (spec, default OFFLINE_GRACE, 30 s). The fix: `leaving: true` on
+  that pod instead of `retired: true`, `up` (its server comes back, routed, and the job
+  moves the stream), then `retired: true`. The job learns where an offline stream lives from
+  `$JS.API.STREAM.LIST`, which lists it (among "missing") with its assigned peers: 2.10.25,
+  2.14.6 and 2.15.1 all do.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -65,6 +85,8 @@ STREAM_NOT_FOUND = 10059
 STREAM_OFFLINE = 10118  # no server of the stream's group runs
 POLL = 0.25  # s between two looks at the cluster
 HANDOVER_DEADLINE = 600.0  # s; a large R1 stream takes as long as its copy over the network
+OFFLINE_GRACE = 30.0  # s a stream on retired servers only may be offline before the job stops
+LIST_EVERY = 2.0  # s between two STREAM.LIST looks at streams that do not answer
 _DIGITS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 Report = Callable[[dict[str, Any]], None]
@@ -98,6 +120,7 @@ class StreamPeers:
     followers: tuple[dict[str, Any], ...]
     messages: int
     last_seq: int
+    placement: dict[str, Any] | None = None
 
     @classmethod
     def from_info(cls, info: dict[str, Any]) -> StreamPeers:
@@ -110,6 +133,7 @@ class StreamPeers:
             followers=tuple(group.get("replicas") or ()),
             messages=int(state.get("messages", 0)),
             last_seq=int(state.get("last_seq", 0)),
+            placement=config.get("placement") or None,
         )
 
     @property
@@ -185,6 +209,87 @@ def too_few_servers(streams: Iterable[StreamPeers], meta: MetaGroup, retired: Se
     return ""
 
 
+def _kind(name: str) -> str:
+    """How an operator knows the stream: a key-value bucket and an object store are streams."""
+    for prefix, kind in (("KV_", "key-value bucket"), ("OBJ_", "object store")):
+        if name.startswith(prefix) and len(name) > len(prefix):
+            return f" (the {kind} {name[len(prefix):]})"
+    return ""
+
+
+def unmovable(stream: StreamPeers, retired: Sequence[str],
+              program: dict[str, dict[str, Any]]) -> str:  # fmt: skip
+    """Why an R1 stream whose only copy is on a retired server cannot be moved by the job;
+    "" if it can (or need not be). `program`: the spec's streams by name. The job moves an
+    R1 stream by giving it a new placement, and only the program's own streams have one in
+    the spec: anyone else's stream stays put, and so does one whose placement in the spec is
+    the one it has (the stream as it was before the job ensured the streams)."""
+    on = stream.on(retired)
+    if stream.replicas != 1 or not on or len(on) != len(stream.peers):
+        return ""  # replicated (peer removal), not on a retired server, or already moving
+    where = f"stream {stream.name}{_kind(stream.name)} has its only copy on {', '.join(on)}"
+    desired = program.get(stream.name)
+    if desired is None:
+        return (f"{where}, and the job moves only the program's own streams: move it to a"
+                f" server that stays (`nats stream edit {stream.name} --tag <the tag of a"
+                f" server that stays>`) or delete it (`nats stream rm {stream.name}`), then"
+                " run `up` again")  # fmt: skip
+    if (desired.get("placement") or None) == stream.placement:
+        return (f"{where}, and its placement in the job's stream list ({stream.placement})"
+                " is the one it has, so nothing moves it: give it a placement that a"
+                " server that stays matches, then run `up` again")  # fmt: skip
+    return ""
+
+
+def offline_on_retired(entries: Iterable[dict[str, Any]], retired: Sequence[str]
+                       ) -> dict[str, list[str]]:  # fmt: skip
+    """Streams without a leader whose copies are only on servers that do not run, a retired
+    one among them: {name: those servers}, from STREAM.LIST entries (a stream no server runs
+    is listed with its assigned peers, each offline, and no leader). An R1 stream caught in
+    its move counts too: its new peer, still catching up, cannot lead alone."""
+    found: dict[str, list[str]] = {}
+    for entry in entries:
+        group, config = entry.get("cluster") or {}, entry.get("config") or {}
+        peers = group.get("replicas") or []
+        if group.get("leader") or not peers:
+            continue
+        offline = [_server_name(peer, retired) for peer in peers if peer.get("offline")]
+        moving = int(config.get("num_replicas") or 1) == 1
+        if set(offline) & set(retired) and (len(offline) == len(peers) or moving):
+            found[str(config.get("name", "?"))] = offline
+    return found
+
+
+def _server_name(peer: dict[str, Any], retired: Sequence[str]) -> str:
+    """A listed peer's server name (a peer no server of that name was heard from since a
+    restart may be listed by its ID)."""
+    name = str(peer.get("name") or "")
+    for server in retired:
+        if name in (server, peer_id(server)) or peer.get("peer") == peer_id(server):
+            return server
+    return name or str(peer.get("peer") or "?")
+
+
+def offline_text(name: str, servers: Sequence[str], retired: Sequence[str], seconds: float,
+                 program: Iterable[str]) -> str:  # fmt: skip
+    """The error for a stream whose only copies are on servers that do not run."""
+    gone = ", ".join(server for server in servers if server in retired)
+    one = len(servers) == 1
+    where = (f"its only copy is on {servers[0]}, which does not run or is not reachable" if one
+             else f"its only copies are on {', '.join(servers)}, which do not run or are not"
+                  " reachable")  # fmt: skip
+    text = (f"stream {name}{_kind(name)}: {where} (the job saw the stream without a leader"
+            f" for {seconds:.0f}s), so the job cannot move it. Set `leaving: true` on the"
+            f" {'pod' if one else 'pods'} of {gone} instead of `retired: true` and run `up`:"
+            f" {'its server comes' if one else 'their servers come'} back, routed, and this"
+            " job moves the stream; then set `retired: true` and run `up` again")  # fmt: skip
+    if name not in set(program):
+        text += (f". It is not one of the program's streams: once its server runs, move it"
+                 f" (`nats stream edit {name} --tag <the tag of a server that stays>`) or"
+                 f" delete it (`nats stream rm {name}`)")  # fmt: skip
+    return text
+
+
 # --- API calls ------------------------------------------------------------------------------
 async def stream_names(nc: Client) -> list[str]:
     names: list[str] = []
@@ -196,6 +301,20 @@ async def stream_names(nc: Client) -> list[str]:
         names.extend(batch)
         if not batch or len(names) >= int(page.get("total", 0)):
             return names
+
+
+async def stream_list(nc: Client) -> list[dict[str, Any]]:
+    """Every stream's STREAM.LIST entry: as its leader reports it, or, for one that no server
+    runs, its config and assigned peers (offline) as the meta group knows them."""
+    entries: list[dict[str, Any]] = []
+    while True:
+        page = await request(nc, f"{API}.STREAM.LIST", {"offset": len(entries)})
+        if "error" in page:
+            raise _Retry(f"stream list: {page['error'].get('description')}")
+        batch = page.get("streams") or []
+        entries.extend(batch)
+        if not batch or len(entries) >= int(page.get("total", 0)):
+            return entries
 
 
 async def stream_peers(nc: Client, name: str, timeout: float = 3.0) -> StreamPeers | None:
@@ -267,15 +386,61 @@ class _Progress:
         return True
 
 
+class OfflineWatch:
+    """Streams that live on a retired server and that no server runs, and since when (as
+    seen by this job); HandOverError once one has been offline for `grace` seconds."""
+
+    def __init__(self, retired: Sequence[str], grace: float, program: Iterable[str]) -> None:
+        self.retired = list(retired)
+        self.grace = grace
+        self.program = set(program)
+        self.since: dict[str, float] = {}
+        self.looked = float("-inf")  # monotonic time of the last look
+
+    async def look(self, nc: Client) -> dict[str, list[str]]:
+        """One STREAM.LIST: the offline streams on retired servers ({name: its servers})."""
+        self.looked = time.monotonic()
+        found = offline_on_retired(await stream_list(nc), self.retired)
+        now = time.monotonic()
+        self.since = {name: self.since.get(name, now) for name in found}
+        for name, servers in sorted(found.items()):
+            if now - self.since[name] >= self.grace:
+                raise HandOverError(offline_text(name, servers, self.retired,
+                                                 now - self.since[name], self.program),
+                                    stream=name)  # fmt: skip
+        return found
+
+    async def wait(self, nc: Client) -> None:
+        """Before anything changes: return once no stream on a retired server is offline
+        (at once, normally), or stop the job after `grace`. A listing that stops answering
+        for that long is left to the steps after (they retry until their deadlines)."""
+        answered = time.monotonic()
+        while True:
+            try:
+                if not await self.look(nc):
+                    return
+                answered = time.monotonic()
+            except TRANSIENT:
+                if time.monotonic() - answered > self.grace:
+                    return
+            await asyncio.sleep(1.0)
+
+
 async def hand_over_streams(
     nc: Client,
     retired: Sequence[str],
     before: dict[str, StreamPeers],
     deadline: float,
     out: Report,
+    program: dict[str, dict[str, Any]] | None = None,
+    watch: OfflineWatch | None = None,
 ) -> None:
     """Steps 1 and 2 of the module doc, until every stream with a peer on a retired server
-    is handed over; HandOverError at the monotonic `deadline`."""
+    is handed over; HandOverError at the monotonic `deadline`, or as soon as a stream cannot
+    be handed over: an R1 stream not in `program` (the spec's streams by name) on a retired
+    server, or one that `watch` finds offline on a retired server for its grace."""
+    program = program if program is not None else {}
+    watch = watch or OfflineWatch(retired, OFFLINE_GRACE, program)
     progress = _Progress()
     concerned = {name for name, stream in before.items() if stream.on(retired)}
     known = set(before)  # streams that answered at least once
@@ -300,7 +465,7 @@ async def hand_over_streams(
                         concerned.discard(name)
                         progress.waiting.pop(name, None)
                         continue
-                    await _act(nc, stream, retired, progress, out)
+                    await _act(nc, stream, retired, progress, out, program)
                 except TRANSIENT as error:
                     progress.waiting[name] = f"no answer ({type(error).__name__}: {error})"
                     continue
@@ -319,6 +484,12 @@ async def hand_over_streams(
             concerned &= set(names)  # a stream deleted meanwhile is no one's concern
             if concerned <= progress.done and known >= set(names):
                 return
+        # A stream that does not answer, or has no leader: is it one no server runs?
+        stuck = [why for why in progress.waiting.values()
+                 if why == "no leader" or why.startswith("no answer")]  # fmt: skip
+        if stuck and time.monotonic() - watch.looked >= LIST_EVERY:
+            with contextlib.suppress(*TRANSIENT):
+                await watch.look(nc)
         if time.monotonic() > deadline:
             name, why = min(progress.waiting.items(), default=("?", "no answer"))
             raise HandOverError(_late(name, why, retired, before), stream=name)
@@ -326,11 +497,19 @@ async def hand_over_streams(
 
 
 async def _act(
-    nc: Client, stream: StreamPeers, retired: Sequence[str], progress: _Progress, out: Report
+    nc: Client,
+    stream: StreamPeers,
+    retired: Sequence[str],
+    progress: _Progress,
+    out: Report,
+    program: dict[str, dict[str, Any]],
 ) -> None:
     """What the job itself does to a stream: a replicated one loses its retired peers; an R1
-    stream moves by its placement, on its own (a peer removal would lose its messages)."""
+    stream moves by its placement, on its own (a peer removal would lose its messages), so
+    one that is not the program's (no new placement from the job) stops the job at once."""
     if stream.replicas <= 1:
+        if stream.name not in program and (reason := unmovable(stream, retired, program)):
+            raise HandOverError(reason, stream=stream.name)
         return
     for server in stream.on(retired):
         if not progress.due(stream.name, server):
@@ -351,8 +530,9 @@ def _late(name: str, why: str, retired: Sequence[str], before: dict[str, StreamP
     text = f"stream {name} not handed over from {', '.join(retired)} in time: {why}"
     if was is not None and was.replicas == 1:
         text += (". An R1 stream moves when its placement names a server that stays (the"
-                 " program places a retired pod's TERRITORY stream on the first active pod);"
-                 " its retired server must still run to hand its messages over")  # fmt: skip
+                 " program places a leaving pod's TERRITORY stream on the first staying"
+                 " pod); its retired server must run, routed (`leaving: true`), to hand its"
+                 " messages over")  # fmt: skip
     return text
 
 
@@ -416,36 +596,46 @@ async def _retry(call: Callable[[], Any], deadline: float, server: str) -> Any:
 
 
 async def apply_and_retire(spec: dict[str, Any], deadline_seconds: float, out: Report) -> None:
-    """The streams job with retired servers: snapshot, ensure the streams, hand over, and
-    remove the servers from the meta group."""
+    """The streams job with retired servers: check that the hand-over can succeed, snapshot,
+    ensure the streams, hand over, and remove the servers from the meta group."""
     retired = list(spec["retired_servers"])
     if not spec.get("system_user") or not spec.get("system_password"):
         raise HandOverError("retired_servers needs system_user and system_password: only the"
                             " system account may remove a server from the meta group",
                             server=retired[0])  # fmt: skip
     handover = float(spec.get("handover_deadline_seconds") or HANDOVER_DEADLINE)
+    grace = float(spec.get("offline_grace_seconds") or OFFLINE_GRACE)
+    program = {str(stream["name"]): stream for stream in spec["streams"]}
     nc = await connect(spec["url"], spec["user"], spec["password"])
     try:
         sc = await connect(spec["url"], spec["system_user"], spec["system_password"])
         try:
-            before = await snapshot(nc)
             deadline = time.monotonic() + handover
             meta = await _retry(lambda: meta_group(sc), deadline, retired[0])
+            # A stream whose only copy is on a retired server that does not run can go
+            # nowhere: say so now, not after the hand-over deadline.
+            watch = OfflineWatch(retired, grace, program)
+            await watch.wait(nc)
+            before = await snapshot(nc)
             if reason := too_few_servers(before.values(), meta, retired):
                 raise HandOverError(reason, server=retired[0])
+            for stream in before.values():
+                if reason := unmovable(stream, retired, program):
+                    raise HandOverError(reason, stream=stream.name)
             try:
                 await ensure_streams(nc, spec["streams"], deadline_seconds,
                                      lambda name, action: out({"stream": name, "action": action}))  # fmt: skip
             except StreamError as error:
                 if f"err_code {STREAM_OFFLINE}" in str(error):
                     raise HandOverError(
-                        f"{error}. Its replicas are on servers that do not run; if that is"
-                        f" a retired one ({', '.join(retired)}), it must run, with its store,"
-                        " until this job has moved its streams: its messages are nowhere else",
+                        f"{error}. No server of its group runs; if one is a retired one"
+                        f" ({', '.join(retired)}), set `leaving: true` on its pod instead of"
+                        " `retired: true` and run `up` (its server comes back, routed, and"
+                        " this job moves the stream), then `retired: true`",
                         stream=error.stream or "",
                     ) from error
                 raise
-            await hand_over_streams(nc, retired, before, deadline, out)
+            await hand_over_streams(nc, retired, before, deadline, out, program, watch)
             await remove_servers(sc, retired, deadline, out)
         finally:
             await sc.close()
