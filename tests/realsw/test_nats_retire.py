@@ -46,12 +46,13 @@ from tests.support.nats_retire import (
     run_job,
 )
 from tests.support.nats_rollout import stream_info
-from unityplan_infra.nats.streams import GLOBAL_STREAM, territory_stream_name
+from unityplan_infra.nats.streams import GLOBAL_STREAM, stream_configs, territory_stream_name
 
 pytestmark = pytest.mark.timeout(120)
 
 RETIRED = "se"
-SHRUNK = four_pods(RETIRED)
+LEAVING = four_pods(leaving=(RETIRED,))  # step 1
+SHRUNK = four_pods(RETIRED)  # step 2
 RETIRED_SERVER = SHRUNK.retired[0].nats_server_name
 KEEPER = SHRUNK.pods[0].nats_server_name  # the first active pod's: service-nats-dk
 STAYING = sorted(pod.nats_server_name for pod in SHRUNK.pods)
@@ -79,10 +80,10 @@ def test_the_job_hands_everything_over_and_removes_the_server(retired: RetireOut
     assert job.returncode == 0, (job.lines, job.stderr)
     assert job.seconds < JOB_BOUND, retired.lines()
     lines = job.lines
-    # The streams first: only the retired pod's TERRITORY stream changes (its placement).
+    # The streams first: only the leaving pod's TERRITORY stream changes (its placement).
     assert job.actions()[:5] == [(GLOBAL_STREAM, "unchanged"), ("TERRITORY_DK", "unchanged"),
-                                 ("TERRITORY_NO", "unchanged"), ("TERRITORY_FI", "unchanged"),
-                                 (TERRITORY, "updated")]  # fmt: skip
+                                 ("TERRITORY_NO", "unchanged"), (TERRITORY, "updated"),
+                                 ("TERRITORY_FI", "unchanged")]  # fmt: skip
     assert {"stream": GLOBAL_STREAM, "action": "peer-removed",
             "server": RETIRED_SERVER} in [{k: v for k, v in line.items() if k != "seconds"}
                                           for line in lines]  # fmt: skip
@@ -193,9 +194,19 @@ def test_step_two_runs_the_job_again_without_the_stopped_server_and_changes_noth
 
 
 def test_the_four_pod_plan_retires_the_pod_the_test_stops() -> None:
-    """What the job got is what the program plans for `retired: true` (nats/streams.py)."""
-    assert [pod.code for pod in SHRUNK.pods] == ["dk", "no", "fi"]
+    """What the job got is what the program plans for `leaving: true`, then `retired: true`
+    (nats/streams.py): the same servers to hand over and the same streams in both steps."""
+    assert [pod.code for pod in LEAVING.pods] == ["dk", "no", "se", "fi"]  # still deployed
+    assert [pod.code for pod in LEAVING.staying] == [pod.code for pod in SHRUNK.pods] == [
+        "dk", "no", "fi"]  # fmt: skip
     assert RETIRED_SERVER == "service-nats-se" and KEEPER == "service-nats-dk"
+    # What retire_spec hands the job from each deployment.
+    for deployment in (LEAVING, SHRUNK):
+        assert [pod.nats_server_name for pod in deployment.handed_over] == [RETIRED_SERVER]
+    step1, step2 = ({stream["name"]: stream for stream in stream_configs(deployment)}
+                    for deployment in (LEAVING, SHRUNK))  # fmt: skip
+    assert step1 == step2
+    assert step2[TERRITORY]["placement"] == {"tags": ["territory:dk"]}
 
 
 # --- clear failures -------------------------------------------------------------------------
@@ -269,7 +280,7 @@ def test_an_r1_bucket_that_is_not_the_programs_on_the_retired_server_stops_the_j
     names it and the fix before it changes anything."""
     asyncio.run(_bucket(grown, "settings", ["territory:se"]))
     try:
-        job = run_job(retire_spec(grown, SHRUNK))
+        job = run_job(retire_spec(grown, LEAVING))
     finally:
         asyncio.run(_bucket(grown, "settings", None))
     print(f"\nforeign bucket: exit {job.returncode} in {job.seconds:.2f}s: {job.lines}")

@@ -14,13 +14,12 @@ tests/support/jetstream_bed.py: the dev stack's dk, no, se with the program's st
 a 4th pod (fi) added as `pulumi up` adds one (configs rendered again, SIGHUP, new server);
 the server to retire made the leader of GLOBAL_EVENTS and of the meta group (the worst
 case); publishers on GLOBAL_EVENTS (throughout) and on the retired pod's TERRITORY stream
-(until just before the hand-over). Step 1: the job with `retired_servers` while every
-server runs with every route (the leaving pod is still deployed). Step 2: the others
+(until just before the hand-over). Step 1: the job with the spec of the deployment where
+that pod has `leaving: true`, while every server runs with every route (a leaving pod is
+still deployed; its configs and the others' render as before). Step 2: the others
 reloaded with configs rendered from the deployment where that pod has `retired: true` (no
-route to it), the retired server stopped with SIGTERM, and then the job again, with the same
-spec: both steps hand the job the same `retired_servers` and the same streams (nats/
-streams.py places a leaving and a retired pod's TERRITORY stream alike), so the spec is
-built from the `retired: true` deployment for both.
+route to it), the retired server stopped with SIGTERM, and then the job again, with that
+deployment's spec: the same `retired_servers` and streams as step 1's, in another order.
 """
 
 from __future__ import annotations
@@ -58,13 +57,16 @@ NEW_POD = {"code": "fi", "name": "finland", "slot": 4}
 JSZ_LEADER = "$SYS.REQ.SERVER.PING.JSZ"
 
 
-def four_pods(*retired: str) -> Deployment:
-    """The dev stack with a 4th pod, fi; the pods `retired` have `retired: true`."""
+def four_pods(*retired: str, leaving: tuple[str, ...] = ()) -> Deployment:
+    """The dev stack with a 4th pod, fi; the pods `retired` have `retired: true`, the pods
+    `leaving` `leaving: true`."""
     values = copy.deepcopy(stack_values("dev"))
     values["unityplan-infra:pods"].append(dict(NEW_POD))
     for pod in values["unityplan-infra:pods"]:
         if pod["code"] in retired:
             pod["retired"] = True
+        if pod["code"] in leaving:
+            pod["leaving"] = True
     return deployment_of(values)
 
 
@@ -102,10 +104,10 @@ def streams_spec(bed: JetStreamBed, deployment: Deployment, code: str = "dk", **
 
 
 def retire_spec(bed: JetStreamBed, deployment: Deployment, code: str = "dk") -> dict[str, Any]:
-    """What the program hands the job when `deployment` has retired pods."""
+    """What the program hands the job when `deployment` has leaving or retired pods."""
     return streams_spec(
         bed, deployment, code,
-        retired_servers=[pod.nats_server_name for pod in deployment.retired],
+        retired_servers=[pod.nats_server_name for pod in deployment.handed_over],
         system_user=bed.system_user, system_password=bed.system_password,
     )  # fmt: skip
 
@@ -246,7 +248,7 @@ def retire_under_load(workdir: Path, binary: str | Path, retire: str = "se",
                       *, writing_before: float = 1.5, writing_after: float = 1.0,
                       ack_timeout: float = 0.5) -> RetireOutcome:  # fmt: skip
     """The procedure of the module doc; everything it saw."""
-    grown, shrunk = four_pods(), four_pods(retire)
+    grown, leaving, shrunk = four_pods(), four_pods(leaving=(retire,)), four_pods(retire)
     territory = territory_stream_name(shrunk.retired[0])
     with JetStreamBed(workdir, binary=binary) as bed:
         version = bed.version("dk")
@@ -275,9 +277,11 @@ def retire_under_load(workdir: Path, binary: str | Path, retire: str = "se",
             time.sleep(writing_before)
             territory_pub.stop()  # the retired pod's own writers end before the hand-over
             territory_before = asyncio.run(stream_info(bed, "dk", territory))
-            # Step 1 (`leaving: true`): every server runs, with every route.
+            # Step 1 (`leaving: true`): every server runs, with every route (the leaving
+            # pod's configs are rendered as before: nothing to reload).
+            bed.use_deployment(leaving)
             marks["job"] = time.monotonic()
-            job = run_job(retire_spec(bed, shrunk))
+            job = run_job(retire_spec(bed, leaving))
             marks["job done"] = time.monotonic()
             meta_after_job = meta_cluster(bed, "dk")
             # The retired server runs on; its JetStream shuts down by itself once it sees its
