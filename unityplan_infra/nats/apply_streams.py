@@ -17,7 +17,9 @@ container config), in one of two modes:
 - streams: {"url", "user", "password", "streams": [StreamConfig, ...],
   "deadline_seconds": 120 (optional), and, when pods were retired,
   "retired_servers": ["service-nats-se", ...], "system_user", "system_password",
-  "handover_deadline_seconds": 600 (optional)}. Ensures every stream, then hands the
+  "handover_deadline_seconds": 600 (optional), "offline_grace_seconds": 30 (optional: how
+  long a stream whose only copy is on a stopped retired server may stay offline before the
+  job stops and says to retire in two steps)}. Ensures every stream, then hands the
   retired servers' replicas and streams over and removes those servers from the JetStream
   meta group (retire.py);
 - gate: {"url", "user", "password", "gate": {"server": "service-nats-dk",
