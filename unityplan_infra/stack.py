@@ -96,7 +96,9 @@ def deploy(deployment: Deployment, *, stack: str) -> dict[str, Any]:
     }
 
     mesh_id = mesh.mesh_network.id if mesh.mesh_network else None
-    first = deployment.staying[0]  # the stream job runs beside a server that stays
+    # The stream job's host: the first pod's, while it runs (leaving included; the job
+    # connects to a server that stays). When the first pod is retired, it moves on.
+    first = deployment.pods[0]
     streams = NatsStreams(
         deployment,
         host=hosts[first.host],
@@ -114,7 +116,9 @@ def deploy(deployment: Deployment, *, stack: str) -> dict[str, Any]:
             deployment, plan, host=hosts[plan.host], mesh=mesh.secrets, mesh_network=mesh_id,
             after=rollout.waits(plan.code),
         )  # fmt: skip
-        rollout.done(plan.code, pods[plan.code], streams.gate(plan, pods[plan.code].containers["nats"]))
+        # A leaving pod has no gate: its server leaves JetStream in this very `up`.
+        gate = None if plan.pod.leaving else streams.gate(plan, pods[plan.code].containers["nats"])
+        rollout.done(plan.code, pods[plan.code], gate)
     streams.apply([pod.containers["nats"] for pod in pods.values()])
     if deployment.config.backups.enabled:
         outputs["backupRepositoryPasswords"] = _backups(deployment, pods, hosts, exporters, mesh)

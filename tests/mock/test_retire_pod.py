@@ -216,3 +216,51 @@ def test_the_retired_pods_backups_stay_readable() -> None:
     assert set(exported) == {"dk", "no", "se", "fi"}
     assert exported["fi"] == unwrap(before.outputs["result"])
     assert second.secret_exports["backupRepositoryPasswords"]
+
+
+def with_state(stack: str, code: str, state: str | None) -> dict[str, Any]:
+    """Four pods (fi added), pod `code` leaving or retired (None: active); monitoring on se."""
+    found = values(stack, False)
+    found[f"{NS}:monitoring"] = {"host": "se"}
+    for pod in found[f"{NS}:pods"]:
+        if pod["code"] == code and state is not None:
+            pod[state] = True
+    return found
+
+
+@cache
+def retiring(stack: str, code: str) -> tuple[Graph, Graph, Graph]:
+    first = run_program(as_pulumi_config(with_state(stack, code, None)), stack)
+    leaving = run_program(as_pulumi_config(with_state(stack, code, "leaving")), stack,
+                          prior=first)  # fmt: skip
+    retired = run_program(as_pulumi_config(with_state(stack, code, "retired")), stack,
+                          prior=leaving)  # fmt: skip
+    return first, leaving, retired
+
+
+@pytest.mark.parametrize("code", ["dk", "no"])
+@pytest.mark.parametrize("stack", STACKS)
+def test_retiring_the_first_or_a_middle_pod(stack: str, code: str) -> None:
+    """Leaving changes only the stream job (the pod's gate goes: its server leaves
+    JetStream in that very `up`); retiring a middle pod does not run the job again (its
+    stream list keeps config order); retiring the first, in nordic, moves the job to the
+    next pod's host, where it runs once more and finds nothing to do
+    (tests/realsw/test_nats_retire.py runs it with the retired server stopped)."""
+    first, leaving, retired = retiring(stack, code)
+    changed = {leaving.by_urn()[urn][0].name for urn, step in leaving.steps(first).items()
+               if step != "same"}  # fmt: skip
+    assert changed == {"nats-streams-apply"}
+    assert f"nats-gate-{code}" not in {r.name for r in leaving.resources}
+    spec = json.loads(unwrap(leaving.named("nats-streams-apply").inputs["stdin"]))
+    keeper = "no" if code == "dk" else "dk"
+    assert spec["url"].startswith(f"nats://{'service-nats-' + keeper if stack == 'dev' else ''}")
+    streams = {s["name"]: s for s in spec["streams"]}
+    assert streams[f"TERRITORY_{code.upper()}"]["placement"] == {"tags": [f"territory:{keeper}"]}
+    job_step = retired.steps(leaving)[retired.named("nats-streams-apply").urn]
+    moves = stack == "nordic" and code == "dk"  # a host of its own per pod
+    assert (job_step != "same") is moves, job_step
+    # The rollout chain skips the leaving pod: the next pod that stays goes first.
+    nats = {r.inputs["name"]: r for r in leaving.of_type(CONTAINER_TYPE)}
+    gates = {r.name: r.urn for r in leaving.resources if r.name.startswith("nats-gate-")}
+    waits = set(nats["service-nats-se"].dependencies) & set(gates.values())
+    assert waits == {gates["nats-gate-no" if code == "dk" else "nats-gate-dk"]}

@@ -54,8 +54,10 @@ class Rollout:
         before = waits_for(self._deployment, previous, code)
         return [] if before is None else [self._ready[(service, before)]]
 
-    def done(self, code: str, pod: PodStack, nats_gate: pulumi.CustomResource) -> None:
-        """What marks pod `code`'s services back, for the pods after it."""
-        self._ready[("nats", code)] = nats_gate
+    def done(self, code: str, pod: PodStack, nats_gate: pulumi.CustomResource | None) -> None:
+        """What marks pod `code`'s services back, for the pods after it (a leaving pod,
+        without a gate, is not in the rollout)."""
+        if nats_gate is not None:
+            self._ready[("nats", code)] = nats_gate
         for service in ("postgres", "redis"):
             self._ready[(service, code)] = pod.containers[service]

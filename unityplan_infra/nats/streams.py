@@ -35,7 +35,10 @@ def stream_configs(deployment: Deployment) -> list[dict[str, Any]]:
         }
     ]
     keeper = deployment.staying[0]
-    for pod in (*deployment.pods, *deployment.retired):
+    planned = {pod.code: pod for pod in (*deployment.pods, *deployment.retired)}
+    # In config order, whatever each pod's state: the job's trigger hashes this list, and a
+    # pod going from leaving to retired must not reorder it (the job would run again).
+    for pod in (planned[entry.code] for entry in deployment.config.pods):
         # A leaving or retired pod's stream stays, with all its messages, on the first
         # staying pod's server: changing its placement moves it there (a stream move).
         home = keeper if pod in deployment.handed_over else pod

@@ -33,9 +33,11 @@ def deployed_pods(previous: Mapping[str, Any] | None) -> set[str]:
 
 
 def rolling_pods(deployment: Deployment, previous: Mapping[str, Any] | None) -> list[str]:
-    """Codes of the pods that already run, in the order their containers may be replaced."""
+    """Codes of the pods that already run and stay, in the order their containers may be
+    replaced. A leaving pod is not in the rollout: its server leaves JetStream in this `up`
+    (no gate could pass), and its containers have no next `up` to roll in."""
     running = deployed_pods(previous)
-    return [pod.code for pod in deployment.pods if pod.code in running]
+    return [pod.code for pod in deployment.staying if pod.code in running]
 
 
 def waits_for(deployment: Deployment, previous: Mapping[str, Any] | None, code: str) -> str | None:
