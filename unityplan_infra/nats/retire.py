@@ -3,8 +3,9 @@
 Part of the stream job (standard library and nats-py only; apply_streams.py says how it
 runs). A pod leaves in two steps: with `leaving: true` it is still deployed and routed and
 this job runs with its server in `retired_servers`; with `retired: true` its containers go
-and the job runs again with the same `retired_servers`, finds nothing to do, and must not
-need that server (it may no longer be reachable). The pod keeps its TERRITORY stream,
+and the job's spec is the same, so it is not run again, except when the retired pod was the
+first in multi-host (the job moves to the next pod's host); then it finds nothing to do and
+must not need that server (it may no longer be reachable). The pod keeps its TERRITORY stream,
 placed on the first staying pod's server (nats/streams.py), and its server must leave the
 cluster without leaving a dead peer behind: a meta group that still counts a gone server
 needs that much more of the others for its quorum, and every replicated stream with a
