@@ -52,7 +52,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import nats
@@ -289,18 +289,33 @@ async def _close(*clients: Client | None) -> None:
                 await client.close()
 
 
+def _ignore_reset_reads(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """A server that refuses a user closes the connection, and nats-py leaves the read that
+    saw the reset in a future nobody awaits: asyncio would print its traceback into the
+    deploy's log ("Future exception was never retrieved"). The gate reports the refusal
+    itself; anything else goes to asyncio's default handler."""
+    if isinstance(context.get("exception"), ConnectionResetError):
+        return
+    loop.default_exception_handler(context)
+
+
+async def _quietly(gate: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
+    asyncio.get_running_loop().set_exception_handler(_ignore_reset_reads)
+    return await gate
+
+
 def run(spec: dict[str, Any]) -> int:
     """The job's gate mode: 0 once the gate passed, 1 after one error line."""
     gate = spec["gate"]
     server = str(gate["server"])
     try:
-        passed = asyncio.run(wait_gate(
+        passed = asyncio.run(_quietly(wait_gate(
             server, str(gate.get("url") or spec["url"]), spec["user"], spec["password"],
             deadline_seconds=float(gate.get("deadline_seconds") or DEADLINE),
             peer_of=list(gate.get("peer_of") or ()),
             system=(spec["system_user"], spec["system_password"])
             if spec.get("system_user") and spec.get("system_password") else None,
-        ))  # fmt: skip
+        )))  # fmt: skip
     except GateError as error:
         report({"gate": server, "error": str(error)})
         return 1
