@@ -90,14 +90,7 @@ def test_leaving_changes_nothing_that_runs_and_hands_over(stack: str) -> None:
 
 def changed(stack: str) -> list[Resource]:
     first, second = runs(stack)
-    steps = second.steps(first)
-    return [second.by_urn()[urn][0] for urn, step in steps.items()
-            if step in ("update", "replace")]  # fmt: skip
-
-
-def of_remaining_pod(resource: Resource) -> bool:
-    name = str(resource.inputs.get("name", resource.name))
-    return any(f"-{code}" in name or name.startswith(f"{code}-") for code in REMAINING)
+    return second.changed_since(first)
 
 
 def text_of(resource: Resource) -> str:
@@ -113,7 +106,7 @@ def test_no_container_of_a_remaining_pod_is_replaced(stack: str) -> None:
 
 @pytest.mark.parametrize("stack", STACKS)
 def test_no_service_of_a_remaining_pod_restarts(stack: str) -> None:
-    rerun = [r for r in changed(stack) if r.type in COMMANDS and of_remaining_pod(r)]
+    rerun = [r for r in changed(stack) if r.type in COMMANDS and r.of_pods(REMAINING)]
     assert rerun, "retiring a pod reaches the others somehow (peers), or this test is void"
     for resource in rerun:
         script = str(unwrap(resource.inputs["create"]))

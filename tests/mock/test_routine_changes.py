@@ -51,14 +51,7 @@ def runs(stack: str) -> tuple[Graph, Graph]:
 
 def changed(stack: str) -> list[Resource]:
     first, second = runs(stack)
-    steps = second.steps(first)
-    return [second.by_urn()[urn][0] for urn, step in steps.items()
-            if step in ("update", "replace")]  # fmt: skip
-
-
-def of_existing_pod(resource: Resource) -> bool:
-    name = str(resource.inputs.get("name", resource.name))
-    return any(f"-{code}" in name or name.startswith(f"{code}-") for code in EXISTING)
+    return second.changed_since(first)
 
 
 @pytest.mark.parametrize("stack", STACKS)
@@ -72,7 +65,7 @@ def test_no_container_of_an_existing_pod_is_replaced(stack: str) -> None:
 
 @pytest.mark.parametrize("stack", STACKS)
 def test_no_service_of_an_existing_pod_restarts(stack: str) -> None:
-    rerun = [r for r in changed(stack) if r.type in COMMANDS and of_existing_pod(r)]
+    rerun = [r for r in changed(stack) if r.type in COMMANDS and r.of_pods(EXISTING)]
     assert rerun, "adding a pod reaches existing pods somehow (peers), or this test is void"
     restarts = [r.name for r in rerun if "docker restart" in str(unwrap(r.inputs["create"]))]
     assert restarts == []
@@ -86,7 +79,7 @@ def test_what_reaches_existing_pods_is_reloaded_in_place(stack: str) -> None:
     lists, Synapse's hosts file). Any other docker action would be a restart or worse."""
     kinds: set[str] = set()
     for resource in changed(stack):
-        if resource.type not in COMMANDS or not of_existing_pod(resource):
+        if resource.type not in COMMANDS or not resource.of_pods(EXISTING):
             continue
         script = str(unwrap(resource.inputs["create"]))
         docker = [line for line in script.splitlines() if "docker " in line]

@@ -33,7 +33,7 @@ from tests.support.deployments import dev_deployment
 from tests.support.jetstream_bed import JetStreamBed
 from tests.support.nats_releases import oldest_and_newest
 from tests.support.nats_rollout import Outcome, roll_under_load
-from tests.support.stream_job import job_argv
+from tests.support.stream_job import start_job
 from unityplan_infra.nats.streams import GLOBAL_STREAM, territory_stream_name
 
 pytestmark = pytest.mark.timeout(120)
@@ -144,13 +144,7 @@ def gate_job(bed: JetStreamBed, code: str, deadline: float | None, *,
     }  # fmt: skip
     if system_password is not None:
         spec |= {"system_user": bed.system_user, "system_password": system_password}
-    job = subprocess.Popen(job_argv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)  # fmt: skip
-    assert job.stdin is not None
-    job.stdin.write(json.dumps(spec))
-    job.stdin.close()
-    job.stdin = None  # written whole; communicate() must not touch it again
-    return job
+    return start_job(spec)
 
 
 def outcome(job: subprocess.Popen[str]) -> tuple[int, dict[str, Any], float]:

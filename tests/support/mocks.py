@@ -72,6 +72,11 @@ class Resource:
     def provider_urn(self) -> str | None:
         return self.provider.rsplit("::", 1)[0] if self.provider else None
 
+    def of_pods(self, codes: tuple[str, ...]) -> bool:
+        """Whether the resource belongs to one of the pods `codes`, by its (container) name."""
+        name = str(self.inputs.get("name", self.name))
+        return any(f"-{code}" in name or name.startswith(f"{code}-") for code in codes)
+
     def edges(self) -> set[str]:
         """URNs this resource waits for: depends_on, inputs from others, its provider."""
         found = set(self.dependencies)
@@ -140,6 +145,11 @@ class Graph:
             )  # fmt: skip
             planned[resource.urn] = engine.step(resource.type, changed, resource.replace_on_changes)
         return planned
+
+    def changed_since(self, prior: Graph) -> list[Resource]:
+        """The custom resources this run updates (a command runs again) or replaces."""
+        return [self.by_urn()[urn][0] for urn, step in self.steps(prior).items()
+                if step in ("update", "replace")]  # fmt: skip
 
     def depends_on(self, resource: Resource, other: Resource) -> bool:
         """Whether `resource` waits for `other`, directly or through other resources."""

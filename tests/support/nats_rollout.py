@@ -49,7 +49,7 @@ import nats.errors
 from nats.aio.client import Client
 
 from tests.support.jetstream_bed import LOOPBACK, JetStreamBed
-from tests.support.stream_job import job_argv
+from tests.support.stream_job import start_job
 from unityplan_infra.topology.stop import STOP_GRACE_SECONDS
 
 OLD_VERSION = "2.10.25"  # deployed before the 2.14 image (tests/support/nats_versions.sh)
@@ -343,13 +343,7 @@ def program_gate(bed: JetStreamBed, code: str, timeout: float,
     }  # fmt: skip
     if meta:
         spec |= {"system_user": bed.system_user, "system_password": bed.system_password}
-    job = subprocess.Popen(job_argv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)  # fmt: skip
-    assert job.stdin is not None
-    job.stdin.write(json.dumps(spec))
-    job.stdin.close()
-    job.stdin = None  # written whole; communicate() must not touch it again
-    return job
+    return start_job(spec)
 
 
 def wait_program_gate(job: subprocess.Popen[str], bed: JetStreamBed,

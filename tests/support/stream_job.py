@@ -4,10 +4,13 @@ archive and a missing piece fails here exactly as it would on the Docker host.""
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 import tempfile
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from unityplan_infra.render.stream_job import JOB_FILE, build_stream_job
 
@@ -24,3 +27,15 @@ def job_file() -> Path:
 
 def job_argv() -> list[str]:
     return [sys.executable, "-I", "-S", str(job_file())]
+
+
+def start_job(spec: dict[str, Any]) -> subprocess.Popen[str]:
+    """The job archive running on `spec` (on stdin, as `pulumi up` hands it over); read its
+    output with `communicate()`."""
+    job = subprocess.Popen(job_argv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert job.stdin is not None
+    job.stdin.write(json.dumps(spec))
+    job.stdin.close()
+    job.stdin = None  # written whole; communicate() must not touch it again
+    return job
